@@ -1,0 +1,236 @@
+"""Multi-target ridge regression with a per-target α, in torch (CPU or CUDA).
+
+One eigendecomposition serves every α and every target:
+
+* dual form (n_samples < n_features): ``K = Xc Xcᵀ = U diag(s) Uᵀ``;
+* primal form otherwise: ``Xcᵀ Xc = V diag(s) Vᵀ`` and ``U = Xc V diag(s^-½)``.
+
+With ``Q = Uᵀ Yc`` the in-sample residual for α is ``U diag(α/(s+α)) Q`` (plus the part of
+``Yc`` outside span(U)), so per α exact GCV costs O(n·t) and exact leave-one-out one
+n×k×t product. The intercept is unpenalised: X and Y are centred and the hat matrix gains
+``1/n`` on its diagonal (this is what scikit-learn's ``RidgeCV`` does, so LOO agrees with it).
+The refit needs no grouping by α: ``W = Xcᵀ U (Q ⊙ 1/(s+α_t))`` (dual) or
+``V (Q ⊙ √s/(s+α_t))`` (primal), computed per target batch.
+
+The :class:`Decomposition` is reusable: a sweep over α ranges on fixed features computes it
+once (``RidgeCV(...).fit(X, Y, decomposition=d)``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .errors import ConfigError, DataError
+
+DEFAULT_ALPHAS = tuple(float(a) for a in np.logspace(-2, 7, 10))
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _as_tensor(a, device, dtype) -> torch.Tensor:
+    if isinstance(a, torch.Tensor):
+        return a.to(device=device, dtype=dtype)
+    return torch.as_tensor(np.asarray(a), device=device, dtype=dtype)
+
+
+def _check_finite(name: str, t: torch.Tensor) -> None:
+    if not torch.isfinite(t).all():
+        bad = (~torch.isfinite(t)).nonzero()[0].tolist()
+        raise DataError(f"{name} contains NaN or inf (first at index {bad}); clean or drop those columns first")
+
+
+@dataclass
+class Decomposition:
+    """Eigendecomposition of the centred training features, reusable across α and targets."""
+
+    mode: str  # "dual" or "primal"
+    X_mean: torch.Tensor  # (p,)
+    Xc: torch.Tensor  # (n, p) centred features (needed for the dual refit and primal U)
+    eigvals: torch.Tensor  # (k,) ≥ 0
+    eigvecs: torch.Tensor  # dual: U (n, k); primal: V (p, k)
+    fit_intercept: bool
+
+    @property
+    def n_samples(self) -> int:
+        return self.Xc.shape[0]
+
+    def left_vectors(self) -> torch.Tensor:
+        """U (n, k): orthonormal left singular vectors of Xc (zero columns where s = 0)."""
+        if self.mode == "dual":
+            return self.eigvecs
+        inv_sqrt = torch.where(self.eigvals > 0, self.eigvals.clamp_min(1e-30).rsqrt(), torch.zeros_like(self.eigvals))
+        return (self.Xc @ self.eigvecs) * inv_sqrt
+
+    @classmethod
+    def of(cls, X, *, fit_intercept: bool = True, solver: str = "auto", device=None,
+           dtype=torch.float32, eig_dtype=torch.float64) -> "Decomposition":
+        device = resolve_device(device)
+        X = _as_tensor(X, device, dtype)
+        if X.ndim != 2:
+            raise DataError(f"features must be 2-D (n_samples, n_features), got shape {tuple(X.shape)}")
+        _check_finite("features", X)
+        n, p = X.shape
+        mode = ("dual" if n < p else "primal") if solver == "auto" else solver
+        if mode not in ("dual", "primal"):
+            raise ConfigError(f"ridge solver must be 'auto', 'dual' or 'primal', got {solver!r}")
+        X_mean = X.mean(0) if fit_intercept else torch.zeros(p, device=device, dtype=dtype)
+        Xc = X - X_mean
+        gram = Xc @ Xc.T if mode == "dual" else Xc.T @ Xc
+        # float64 eigensolver: small α divide by small eigenvalues, where float32 loses digits.
+        s, vecs = torch.linalg.eigh(gram.to(eig_dtype))
+        tol = s.max().clamp_min(0) * max(gram.shape) * torch.finfo(dtype).eps
+        s = torch.where(s > tol, s, torch.zeros_like(s))
+        keep = s > 0  # drop the null space: it carries no fit and only costs time
+        return cls(mode, X_mean, Xc, s[keep].to(dtype), vecs[:, keep].to(dtype), fit_intercept)
+
+
+class RidgeCV:
+    """Ridge regression with one α per target chosen by GCV, exact LOO or K-fold CV.
+
+    scikit-learn style: ``fit(X, Y)`` then ``predict(X)``; fitted state ``coef_`` (p, t),
+    ``intercept_`` (t,), ``best_alphas_`` (t,), ``cv_errors_`` (n_alphas, t; mean squared
+    CV error per α), ``decomposition_``. Inputs may be numpy arrays or torch tensors;
+    outputs of ``predict`` follow the input type.
+
+    Parameters
+    ----------
+    alphas : candidate regularisation strengths.
+    cv : ``"gcv"`` (default), ``"loo"`` (exact leave-one-out, as scikit-learn's RidgeCV),
+         or an int K for K-fold CV in sample order (as himalaya's ``KernelRidgeCV(cv=K)``).
+    solver : ``"auto"`` (dual when n_samples < n_features), ``"dual"``, ``"primal"``.
+    target_batch : targets per batch (bounds memory; None = all at once).
+    device : ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``...
+    """
+
+    def __init__(self, alphas=DEFAULT_ALPHAS, cv="gcv", fit_intercept=True, solver="auto",
+                 target_batch: int | None = 4096, device="auto", dtype=torch.float32):
+        self.alphas = alphas
+        self.cv = cv
+        self.fit_intercept = fit_intercept
+        self.solver = solver
+        self.target_batch = target_batch
+        self.device = device
+        self.dtype = dtype
+
+    # -- validation ------------------------------------------------------------------
+    def _alphas(self, device) -> torch.Tensor:
+        alphas = torch.as_tensor(np.atleast_1d(np.asarray(self.alphas, dtype=np.float64)), device=device)
+        if alphas.numel() == 0 or not torch.isfinite(alphas).all() or (alphas <= 0).any():
+            raise ConfigError(f"ridge alphas must be finite and > 0, got {self.alphas!r}")
+        return alphas.to(self.dtype)
+
+    def _check_cv(self, n: int):
+        if self.cv in ("gcv", "loo"):
+            return self.cv
+        if isinstance(self.cv, (int, np.integer)) and not isinstance(self.cv, bool) and 2 <= self.cv <= n:
+            return int(self.cv)
+        raise ConfigError(f"ridge cv must be 'gcv', 'loo' or an int K in [2, n_samples], got {self.cv!r}")
+
+    # -- fitting ---------------------------------------------------------------------
+    def fit(self, X, Y, decomposition: Decomposition | None = None) -> "RidgeCV":
+        device = resolve_device(self.device) if decomposition is None else decomposition.Xc.device
+        d = decomposition or Decomposition.of(X, fit_intercept=self.fit_intercept, solver=self.solver,
+                                               device=device, dtype=self.dtype)
+        Y = _as_tensor(Y, device, self.dtype)
+        if Y.ndim == 1:
+            Y = Y[:, None]
+        if Y.shape[0] != d.n_samples:
+            raise DataError(f"features have {d.n_samples} samples but targets have {Y.shape[0]}")
+        _check_finite("targets", Y)
+        cv = self._check_cv(d.n_samples)
+        alphas = self._alphas(device)
+        Y_mean = Y.mean(0) if d.fit_intercept else torch.zeros(Y.shape[1], device=device, dtype=self.dtype)
+
+        if isinstance(cv, int):
+            errors = self._kfold_errors(X, Y, cv, alphas, device)
+        else:
+            errors = torch.empty(len(alphas), Y.shape[1], device=device, dtype=self.dtype)
+        U = d.left_vectors()
+        p = d.Xc.shape[1]
+        coef = torch.empty(p, Y.shape[1], device=device, dtype=self.dtype)
+        step = self.target_batch or Y.shape[1]
+        for start in range(0, Y.shape[1], step):
+            sl = slice(start, start + step)
+            Yc = Y[:, sl] - Y_mean[sl]
+            Q = U.T @ Yc
+            if not isinstance(cv, int):
+                errors[:, sl] = _efficient_cv_errors(d, U, Q, Yc, alphas, loo=(cv == "loo"))
+            best = alphas[errors[:, sl].argmin(0)]
+            scale = 1.0 / (d.eigvals[:, None] + best[None, :])
+            if d.mode == "dual":
+                coef[:, sl] = d.Xc.T @ (U @ (Q * scale))
+            else:
+                coef[:, sl] = d.eigvecs @ (Q * (scale * d.eigvals.sqrt()[:, None]))
+        self.decomposition_ = d
+        self.cv_errors_ = errors
+        self.best_alphas_ = alphas[errors.argmin(0)]
+        self.coef_ = coef
+        self.intercept_ = Y_mean - d.X_mean @ coef
+        return self
+
+    def _kfold_errors(self, X, Y, k, alphas, device) -> torch.Tensor:
+        """Mean squared validation error per α and target over K contiguous folds."""
+        X = _as_tensor(X, device, self.dtype)
+        n = X.shape[0]
+        errors = torch.zeros(len(alphas), Y.shape[1], device=device, dtype=self.dtype)
+        bounds = np.linspace(0, n, k + 1).astype(int)
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            val = torch.zeros(n, dtype=torch.bool, device=device)
+            val[lo:hi] = True
+            d = Decomposition.of(X[~val], fit_intercept=self.fit_intercept, solver=self.solver,
+                                 device=device, dtype=self.dtype)
+            U = d.left_vectors()
+            Xv = X[val] - d.X_mean
+            # Validation predictions for every α: Xv W(α), W(α) = A diag(f(α)) Q.
+            proj = Xv @ (d.Xc.T @ U if d.mode == "dual" else d.eigvecs)  # (n_val, k)
+            step = self.target_batch or Y.shape[1]
+            for start in range(0, Y.shape[1], step):
+                sl = slice(start, start + step)
+                Ytr = Y[~val][:, sl]
+                mu = Ytr.mean(0) if self.fit_intercept else torch.zeros_like(Ytr[0])
+                Q = U.T @ (Ytr - mu)
+                Yv = Y[val][:, sl] - mu
+                for i, a in enumerate(alphas):
+                    f = 1.0 / (d.eigvals + a) if d.mode == "dual" else d.eigvals.sqrt() / (d.eigvals + a)
+                    err = Yv - proj @ (Q * f[:, None])
+                    errors[i, sl] += (err * err).sum(0)
+        return errors / n
+
+    # -- prediction ------------------------------------------------------------------
+    def predict(self, X):
+        as_numpy = not isinstance(X, torch.Tensor)
+        X = _as_tensor(X, self.coef_.device, self.dtype)
+        if X.shape[-1] != self.coef_.shape[0]:
+            raise DataError(f"model was fitted on {self.coef_.shape[0]} features, got {X.shape[-1]}")
+        out = X @ self.coef_ + self.intercept_
+        return out.cpu().numpy() if as_numpy else out
+
+
+def _efficient_cv_errors(d: Decomposition, U, Q, Yc, alphas, loo: bool) -> torch.Tensor:
+    """Mean squared GCV or exact-LOO error per α for targets ``Yc`` (n, t)."""
+    n = d.n_samples
+    s = d.eigvals[:, None]
+    # Part of Yc outside span(U): residual at every α (e.g. primal with n > p).
+    outside = (Yc * Yc).sum(0) - (Q * Q).sum(0)
+    out = torch.empty(len(alphas), Yc.shape[1], device=Yc.device, dtype=Yc.dtype)
+    base = 1.0 / n if d.fit_intercept else 0.0
+    if loo:
+        U2 = U * U
+        resid_out = Yc - U @ Q  # component outside span(U), same for every α
+    for i, a in enumerate(alphas):
+        shrink = a / (s + a)  # (k, 1)
+        if loo:
+            h = base + U2 @ (d.eigvals / (d.eigvals + a))  # diag of the hat matrix, (n,)
+            resid = resid_out + U @ (Q * shrink)
+            out[i] = ((resid / (1.0 - h)[:, None]) ** 2).mean(0)
+        else:
+            trace = base * n + (d.eigvals / (d.eigvals + a)).sum()
+            rss = outside.clamp_min(0) + ((Q * shrink) ** 2).sum(0)
+            out[i] = rss / n / (1.0 - trace / n) ** 2
+    return out
