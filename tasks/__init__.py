@@ -1,0 +1,1 @@
+"""Task plugins (registered with ``@register_task``; built-ins declared as entry points)."""
