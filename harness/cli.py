@@ -1,0 +1,168 @@
+"""The ``brainharness`` command line.
+
+Errors the user can fix (bad config, unknown plugin, missing file) end with one line on
+stderr and exit status 2; ``--debug`` shows the traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from importlib import resources
+from pathlib import Path
+
+from . import registry
+from .errors import HarnessError
+
+
+def _demo_config() -> dict:
+    import yaml
+
+    return yaml.safe_load(resources.files("harness.configs").joinpath("demo.yaml").read_text())
+
+
+def cmd_list(args) -> int:
+    reg = registry.REGISTRIES[args.kind]
+    for name in reg.names():
+        obj = reg.get(name)
+        if args.kind in ("backbones", "tasks"):
+            meta = obj.describe()
+        else:
+            meta = {"doc": (obj.__doc__ or "").strip().split("\n")[0]}
+        print(name + "\t" + "\t".join(f"{k}={v}" for k, v in meta.items()))
+    return 0
+
+
+def _print_leaderboard(results_dir: Path, out_dir: Path | None) -> None:
+    from leaderboard.tables import render_all_markdown, write_leaderboard
+
+    print(render_all_markdown(results_dir))
+    if out_dir is not None:
+        written = write_leaderboard(results_dir, out_dir)
+        print(f"leaderboard written to {out_dir} ({', '.join(sorted(written)) or 'no results'})")
+
+
+def cmd_run(args) -> int:
+    from .config import load_config
+    from .runner import Runner
+
+    cfg = load_config(args.config)
+    if args.policy:
+        cfg["policy"] = args.policy
+    records = Runner(cfg, progress=not args.quiet).run()
+    for r in records:
+        k = r["key"]
+        print(f"{k['task']:<12} {k['backbone']}@{k['weights']:<14} {k['subject']}: "
+              f"{r['main_score']} = {r['scores'].get(r['main_score'])}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .config import load_config
+    from .runner import Runner
+
+    cfg = load_config(_demo_config())  # relative paths resolve against the current folder
+    Runner(cfg, progress=not args.quiet).run()
+    _print_leaderboard(Path(cfg["results_dir"]), Path(args.out))
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from sweeps.study import run_sweep
+
+    source = _demo_config() if args.config == "demo" else args.config
+    print(json.dumps(run_sweep(source, progress=not args.quiet), indent=2, default=str))
+    return 0
+
+
+def cmd_leaderboard(args) -> int:
+    _print_leaderboard(Path(args.results), Path(args.out) if args.out else None)
+    return 0
+
+
+def cmd_cache(args) -> int:
+    from .features import FeatureCache
+
+    cache = FeatureCache(args.cache_dir)
+    if args.action == "ls":
+        entries = cache.entries()
+        for e in entries:
+            key = e.get("key", {})
+            print(f"{e['file']}\t{e['bytes'] / 1e6:.1f} MB\t{'complete' if e['complete'] else 'partial'}\t"
+                  f"{key.get('backbone', {}).get('backbone')}\tlayer={key.get('layer')}\tshape={e.get('shape')}")
+        print(f"{len(entries)} feature file(s) in {cache.root}")
+    else:
+        print(f"removed {cache.clear()} file(s) from {cache.root}")
+    return 0
+
+
+def cmd_selftest(args) -> int:
+    from .selftest import run_selftest
+
+    result = run_selftest(progress=not args.quiet and not args.json)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for name, c in result["checks"].items():
+            print(f"{'ok  ' if c['ok'] else 'FAIL'} {name} = {c['value']:.4g} (require {c['require']})")
+        print(f"selftest {'passed' if result['passed'] else 'FAILED'} in {result['seconds']} s")
+    return 0 if result["passed"] else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="brainharness", description=__doc__.split("\n")[0])
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("run", help="run every (subject, backbone, task) of a config")
+    s.add_argument("config")
+    s.add_argument("--policy", choices=["skip-existing", "overwrite", "only-missing"])
+    s.set_defaults(fn=cmd_run)
+
+    s = sub.add_parser("demo", help="run the embedded demo on synthetic data and print the leaderboard")
+    s.add_argument("--out", default="leaderboard_out", help="where to write the leaderboard files")
+    s.set_defaults(fn=cmd_demo)
+
+    s = sub.add_parser("sweep", help="run the Optuna sweep of a config ('demo' for the embedded one)")
+    s.add_argument("config")
+    s.set_defaults(fn=cmd_sweep)
+
+    s = sub.add_parser("leaderboard", help="tables from the results store")
+    s.add_argument("--results", default="results")
+    s.add_argument("--out", help="write <task>.md/.csv/.tex and index.html here")
+    s.set_defaults(fn=cmd_leaderboard)
+
+    s = sub.add_parser("list", help="list registered plugins")
+    s.add_argument("kind", choices=registry.KINDS)
+    s.set_defaults(fn=cmd_list)
+
+    s = sub.add_parser("cache", help="inspect or clear the feature cache")
+    s.add_argument("action", choices=["ls", "clear"])
+    s.add_argument("--cache-dir")
+    s.set_defaults(fn=cmd_cache)
+
+    s = sub.add_parser("selftest", help="check the installation against known synthetic truth")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.set_defaults(fn=cmd_selftest)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.fn(args)
+    except HarnessError as e:
+        if args.debug:
+            raise
+        print(f"brainharness: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("brainharness: interrupted (completed results are kept; re-run to resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""Optuna studies over ridge α ranges and any task hyper-parameter.
+
+The objective is the task's main score on a validation part carved from the training split
+(the test split is never handed to a trial); when the study has its trials, the best
+parameters are scored once on the test split. Storage is an SQLite file beside the results
+by default — resumable: re-running the same sweep continues the study — or any Optuna RDB
+URL (PostgreSQL) so that many workers on many machines share one study. Every trial is a
+W&B run in the study's group and writes a normal (``evaluated_on: validation``) result record.
+
+Config section::
+
+    sweep:
+      study: my-study              # Optuna study name (default: <experiment>-sweep)
+      storage: null                # default sqlite:///<results_dir>/optuna.db
+      backbone: pixels             # a backbone label of the config (default: the first)
+      task: encoding               # a task label of the config (default: the first)
+      subject: null                # default: the dataset's first subject
+      n_trials: 20                 # total completed trials wanted (resume counts old ones)
+      validation_fraction: 0.2
+      seed: 0                      # sampler seed
+      space:                       # default: the task's own search_space
+        alpha_min: {low: 1.0e-3, high: 1.0e+2, log: true}
+        pca: {choices: [null, 64, 256]}
+        n_components: {low: 8, high: 64, step: 8}   # integers when low/high/step are ints
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from harness.errors import ConfigError
+from harness.runner import Runner
+
+log = logging.getLogger(__name__)
+
+SWEEP_KEYS = {"study", "storage", "backbone", "task", "subject", "n_trials", "validation_fraction", "seed", "space"}
+
+
+def _pick(specs: list[dict], label: str | None, kind: str) -> dict:
+    if label is None:
+        return specs[0]
+    for s in specs:
+        if (s.get("label") or s["name"]) == label:
+            return s
+    raise ConfigError(f"sweep.{kind} {label!r} is not a {kind} label of this config")
+
+
+def suggest(trial, space: dict) -> dict:
+    """Draw one value per parameter from an Optuna-style spec."""
+    params = {}
+    for name, spec in space.items():
+        if not isinstance(spec, dict):
+            raise ConfigError(f"sweep.space.{name} must be a mapping like {{low, high, log}} or {{choices}}")
+        if "choices" in spec:
+            params[name] = trial.suggest_categorical(name, list(spec["choices"]))
+        elif {"low", "high"} <= set(spec):
+            lo, hi = spec["low"], spec["high"]
+            if not lo < hi:
+                raise ConfigError(f"sweep.space.{name}: low must be < high, got {lo}, {hi}")
+            if all(isinstance(v, int) and not isinstance(v, bool) for v in (lo, hi, spec.get("step", 1))):
+                params[name] = trial.suggest_int(name, lo, hi, step=spec.get("step", 1), log=spec.get("log", False))
+            else:
+                params[name] = trial.suggest_float(name, float(lo), float(hi), log=spec.get("log", False))
+        else:
+            raise ConfigError(f"sweep.space.{name} needs 'choices' or 'low' and 'high'")
+    return params
+
+
+class Sweep:
+    def __init__(self, runner: Runner):
+        self.runner = runner
+        cfg = runner.cfg
+        sw = dict(cfg.get("sweep") or {})
+        unknown = set(sw) - SWEEP_KEYS
+        if unknown:
+            raise ConfigError(f"unknown sweep key {sorted(unknown)[0]!r} (known: {', '.join(sorted(SWEEP_KEYS))})")
+        self.name = sw.get("study") or f"{cfg['experiment']}-sweep"
+        self.storage = sw.get("storage") or f"sqlite:///{Path(cfg['results_dir']) / 'optuna.db'}"
+        self.bspec = _pick(cfg["backbones"], sw.get("backbone"), "backbone")
+        self.tspec = _pick(cfg["tasks"], sw.get("task"), "task")
+        self.subject = sw.get("subject")
+        self.n_trials = sw.get("n_trials", 20)
+        self.fraction = sw.get("validation_fraction", 0.2)
+        self.seed = sw.get("seed", cfg["seed"])
+        if not isinstance(self.n_trials, int) or self.n_trials < 1:
+            raise ConfigError(f"sweep.n_trials must be a positive integer, got {self.n_trials!r}")
+        task_cls = type(runner.task(self.tspec))
+        self.space = sw.get("space") or task_cls.search_space
+        bad = set(self.space) - set(task_cls.params)
+        if bad:
+            raise ConfigError(f"sweep.space: {sorted(bad)[0]!r} is not a parameter of task {self.tspec['name']}")
+        self.memo: dict = {}  # shared decompositions: k α-trials cost about one fit
+
+    def study(self):
+        import optuna
+        from optuna.storages import RDBStorage, RetryFailedTrialCallback
+
+        if self.storage.startswith("sqlite:///"):
+            Path(self.storage[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        # Heartbeats mark trials of a killed worker as failed, and the callback re-queues them.
+        storage = RDBStorage(self.storage, heartbeat_interval=60, grace_period=180,
+                             failed_trial_callback=RetryFailedTrialCallback(max_retry=1))
+        return optuna.create_study(study_name=self.name, storage=storage, load_if_exists=True,
+                                   direction="maximize", sampler=optuna.samplers.TPESampler(seed=self.seed))
+
+    def objective(self, trial) -> float:
+        params = suggest(trial, self.space)
+        subject = self.subject or self.runner.subjects()[0]
+        record = self.runner.run_unit(
+            subject, self.bspec, self.tspec, evaluated_on="validation", overrides=params,
+            validation_fraction=self.fraction, experiment=f"{self.name}-trial{trial.number:04d}", memo=self.memo,
+            group=self.name, extra={"sweep": {"study": self.name, "trial": trial.number, "params": params}})
+        value = record["scores"].get(record["main_score"])
+        if value is None:
+            raise ConfigError(f"task produced no {record['main_score']!r} score on the validation part")
+        return float(value)
+
+    def run(self, progress: bool = True) -> dict:
+        """Run the remaining trials, then score the best parameters once on the test split."""
+        import optuna
+
+        study = self.study()
+        done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        remaining = max(0, self.n_trials - len(done))
+        if remaining:
+            study.optimize(self.objective, n_trials=remaining, show_progress_bar=progress, catch=())
+        best = study.best_trial
+        subject = self.subject or self.runner.subjects()[0]
+        info = {"study": self.name, "storage": self.storage, "best_trial": best.number,
+                "best_validation_score": best.value, "best_params": best.params,
+                "n_complete_trials": sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)}
+        test_key = self.runner.key(subject, self.bspec, self.tspec, f"{self.name}-best")
+        existing = self.runner.store.load(test_key)
+        if existing and existing.get("status") == "complete" and existing.get("sweep", {}).get("best_params") == best.params:
+            record = existing  # already scored with these parameters: the test split is scored once
+        else:
+            record = self.runner.run_unit(subject, self.bspec, self.tspec, evaluated_on="test", overrides=best.params,
+                                          experiment=f"{self.name}-best", memo=None, group=self.name,
+                                          extra={"sweep": info})
+        return {**info, "test_score": record["scores"].get(record["main_score"]), "main_score": record["main_score"],
+                "record": record.get("_path")}
+
+
+def run_sweep(config, progress: bool = True) -> dict:
+    """Run the ``sweep`` section of a config (YAML path or dict)."""
+    runner = Runner(config, progress=progress)
+    if "sweep" not in runner.cfg:
+        raise ConfigError("config has no 'sweep' section")
+    return Sweep(runner).run(progress=progress)
