@@ -25,7 +25,7 @@ def _row_label(df: pd.DataFrame, i) -> str:
         parts.append(str(df.at[i, "experiment"]))
     if df[["dataset", "subject"]].astype(str).drop_duplicates().shape[0] > 1:
         parts.append(f"{df.at[i, 'dataset']}/{df.at[i, 'subject']}")
-    if not pd.isna(df.at[i, "seed"]):
+    if not pd.isna(df.at[i, "seed"]) and df["seed"].nunique(dropna=False) > 1:
         parts.append(f"seed {df.at[i, 'seed']}")
     return " · ".join(parts)
 
@@ -69,9 +69,10 @@ def bar_plot(task: str, df: pd.DataFrame) -> bytes | None:
         if math.isnan(v):
             bar.set_visible(False)
     fmt = "{:.1f}" if df.attrs.get("formats", {}).get("main_score") == "pct" else "{:.3f}"
-    for yi, v, r in zip(y, values, ranked):
+    right = values if err is None else values + err[1]
+    for yi, v, x, r in zip(y, values, right, ranked):
         text = MISSING if math.isnan(v) else fmt.format(v)
-        ax.text(0 if math.isnan(v) else v, yi, "  " + text + ("" if r else "  (not ranked)"), va="center",
+        ax.text(0 if math.isnan(v) else x, yi, "  " + text + ("" if r else "  (not ranked)"), va="center",
                 fontsize=8)
     ax.set_yticks(y, labels, fontsize=8)
     ax.invert_yaxis()

@@ -547,7 +547,7 @@ def _md_table(header: list[str], body: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def _ranking_sentence(df: pd.DataFrame) -> str:
+def _ranking_sentence(df: pd.DataFrame, quote: str = "`") -> str:
     a = df.attrs
     main = a.get("main_score")
     if not main:
@@ -555,7 +555,7 @@ def _ranking_sentence(df: pd.DataFrame) -> str:
     shown = a.get("main_column")
     where = f" (column {shown})" if shown and shown != "main_score" else ""
     extra = f"; {a['group_note']}" if a.get("group_note") else ""
-    return (f"Ranked by `{main}`{where}, descending{extra}. Random-init weights are never ranked; "
+    return (f"Ranked by {quote}{main}{quote}{where}, descending{extra}. Random-init weights are never ranked; "
             f"'none' = a fixed baseline without learned weights (ranked). {MISSING} = not reported.")
 
 
@@ -608,6 +608,16 @@ def _tex(text: str) -> str:
     return "".join(_TEX.get(ch, ch) for ch in str(text))
 
 
+def _tex_align(secs, n: int) -> str:
+    """Right-align rank and value columns, left-align identity/text columns."""
+    if not secs:
+        return "l" * n
+    header = secs[0][1]
+    header = [""] * (n - len(header)) + header
+    text = set(IDENTITY) | {"flags", "record"}
+    return "".join("l" if h in text else "r" for h in header)
+
+
 def render_latex(task: str, df: pd.DataFrame) -> str:
     """A booktabs ``table`` with the ranked rows, then the not-ranked sections."""
     secs = sections(df)
@@ -615,9 +625,9 @@ def render_latex(task: str, df: pd.DataFrame) -> str:
     n = max((len(h) for _, h, _ in secs), default=1)
     lines = [f"% brainharness leaderboard: {task} (generated from the results store; do not edit)",
              "% needs \\usepackage{booktabs}", r"\begin{table}[ht]", r"\centering", r"\small",
-             rf"\caption{{{_tex(task)}: {_tex(a.get('title', 'scores'))}. {_tex(_ranking_sentence(df))}}}",
+             rf"\caption{{{_tex(task)}: {_tex(a.get('title', 'scores'))}. {_tex(_ranking_sentence(df, quote=''))}}}",
              rf"\label{{tab:leaderboard-{re.sub(r'[^A-Za-z0-9-]', '-', task)}}}",
-             r"\begin{tabular}{" + "l" * n + "}", r"\toprule"]
+             r"\begin{tabular}{" + _tex_align(secs, n) + "}", r"\toprule"]
     for k, (title, header, body) in enumerate(secs):
         if title != "Ranked":
             lines += [r"\midrule", rf"\multicolumn{{{n}}}{{l}}{{\textit{{{_tex(title)}}}}} \\"]
@@ -679,7 +689,7 @@ def render_html(tables: dict[str, pd.DataFrame], images: dict[str, dict[str, byt
         parts.append(f'<h2 id="{html.escape(task)}">{html.escape(task)} — {html.escape(a.get("title", ""))}</h2>')
         if a.get("description"):
             parts.append(f"<p class=d>{html.escape(a['description'])}.</p>")
-        parts.append(f"<p class=d>{html.escape(_ranking_sentence(df))}</p>")
+        parts.append(f"<p class=d>{html.escape(_ranking_sentence(df, quote=''))}</p>")
         for sec_title, header, body in sections(df):
             if sec_title != "Ranked":
                 parts.append(f"<h3>{html.escape(sec_title)}</h3>")
@@ -698,6 +708,18 @@ def render_html(tables: dict[str, pd.DataFrame], images: dict[str, dict[str, byt
 # writing
 
 
+def _write(path: Path, data: bytes) -> None:
+    """Atomic write, then the usual permissions (the temporary file is created 0600, which
+    would make a published leaderboard unreadable to a web server or a colleague)."""
+    atomic_write_bytes(path, data)
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        os.chmod(path, 0o666 & ~umask)
+    except OSError:
+        pass
+
+
 def write_leaderboard(results_root: str | Path, out_dir: str | Path, plots: bool = True) -> dict[str, dict[str, Path]]:
     """Write ``<task>.md``, ``<task>.csv``, ``<task>.tex`` (and PNG plots) per task, plus
     ``index.html`` with every table; all atomically. Returns ``{task: {fmt: path}}`` (each
@@ -707,8 +729,8 @@ def write_leaderboard(results_root: str | Path, out_dir: str | Path, plots: bool
     tables = build_tables(results_root)
     note = out / "README.md"
     if not tables:
-        atomic_write_bytes(note, (_EMPTY_NOTE_MARK + "\n" + _empty_note(results_root)).encode())
-        atomic_write_bytes(out / "index.html", render_html({}).encode())
+        _write(note, (_EMPTY_NOTE_MARK + "\n" + _empty_note(results_root)).encode())
+        _write(out / "index.html", render_html({}).encode())
         return {}
     if note.exists() and note.read_text(errors="replace").startswith(_EMPTY_NOTE_MARK):
         note.unlink(missing_ok=True)  # our own stale "no results" note
@@ -718,9 +740,9 @@ def write_leaderboard(results_root: str | Path, out_dir: str | Path, plots: bool
     for task, df in tables.items():
         stem = re.sub(r"[^A-Za-z0-9._=+-]+", "_", task)
         p = {"md": out / f"{stem}.md", "csv": out / f"{stem}.csv", "tex": out / f"{stem}.tex"}
-        atomic_write_bytes(p["md"], render_markdown(task, df).encode())
-        atomic_write_bytes(p["csv"], to_csv(df).encode())
-        atomic_write_bytes(p["tex"], render_latex(task, df).encode())
+        _write(p["md"], render_markdown(task, df).encode())
+        _write(p["csv"], to_csv(df).encode())
+        _write(p["tex"], render_latex(task, df).encode())
         if plots:
             try:
                 from .plots import task_plots
@@ -731,11 +753,11 @@ def write_leaderboard(results_root: str | Path, out_dir: str | Path, plots: bool
                 images[task] = pngs
                 for name, data in pngs.items():
                     path = out / f"{stem}{'' if name == 'png' else '_' + name.removesuffix('_png')}.png"
-                    atomic_write_bytes(path, data)
+                    _write(path, data)
                     p[name] = path
         paths[task] = p
     index = out / "index.html"
-    atomic_write_bytes(index, render_html(tables, images).encode())
+    _write(index, render_html(tables, images).encode())
     for p in paths.values():
         p["html"] = index
     return paths

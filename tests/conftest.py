@@ -1,0 +1,34 @@
+"""Test environment: offline, with every cache and W&B folder in a scratch directory."""
+import os
+import tempfile
+from pathlib import Path
+
+_SCRATCH = Path(tempfile.mkdtemp(prefix="brainharness-tests-"))
+for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "HF_EVALUATE_OFFLINE"):
+    os.environ[var] = "1"
+os.environ["WANDB_MODE"] = "offline"
+os.environ.setdefault("WANDB_SILENT", "true")
+for var in ("HF_HOME", "WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_CONFIG_DIR", "BRAINHARNESS_CACHE"):
+    os.environ[var] = str(_SCRATCH / var.lower())
+    Path(os.environ[var]).mkdir(parents=True, exist_ok=True)
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def scratch() -> Path:
+    return _SCRATCH
+
+
+def tiny_config(tmp: Path, **over) -> dict:
+    """A small but complete experiment on the synthetic dataset."""
+    cfg = {
+        "experiment": "t", "seed": 0, "policy": "overwrite",
+        "results_dir": str(tmp / "results"), "cache_dir": str(_SCRATCH / "shared-cache"),
+        "dataset": {"name": "synthetic", "n_train": 400, "n_test": 320, "n_voxels": 300, "image_size": 32, "seed": 3},
+        "backbones": [{"name": "oracle", "layer": "all"}, {"name": "pixels", "size": 8}],
+        "tasks": [{"name": "encoding"}],
+        "tracking": {"wandb": {"mode": "disabled"}},
+    }
+    cfg.update(over)
+    return cfg

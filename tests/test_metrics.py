@@ -1,0 +1,60 @@
+import numpy as np
+import pytest
+
+from harness.errors import DataError
+from harness.metrics import encoding_scores, normalised_r2, pearson_r, top1_retrieval
+
+
+def test_pearson_matches_numpy_and_handles_constant_columns():
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((50, 4)), rng.standard_normal((50, 4))
+    b[:, 3] = 1.0
+    r = pearson_r(a, b)
+    for j in range(3):
+        assert r[j] == pytest.approx(np.corrcoef(a[:, j], b[:, j])[0, 1], abs=1e-6)
+    assert r[3] == 0
+
+
+def test_normalised_r2_clips_negatives_and_at_100_and_marks_zero_nc():
+    out = normalised_r2(np.array([-0.5, 0.5, 0.9, 0.5]), np.array([50.0, 50.0, 50.0, 0.0]))
+    assert out[0] == 0
+    assert out[1] == pytest.approx(50.0)  # 100 * 0.25 / 0.5
+    assert out[2] == 100  # 0.81 / 0.5 > 1 → clipped
+    assert np.isnan(out[3])
+
+
+def test_encoding_scores_threshold_and_missing_roi():
+    rng = np.random.default_rng(1)
+    actual = rng.standard_normal((40, 6))
+    pred = actual + rng.standard_normal((40, 6)) * np.array([0.1, 0.1, 1, 1, 3, 3])
+    nc = np.array([80, 5, 80, 80, 80, 0.0])
+    rois = {"A": np.array([1, 1, 0, 0, 0, 0], bool), "empty": np.zeros(6, bool)}
+    per_voxel, scores, per_roi = encoding_scores(pred, actual, nc, rois, nc_threshold=10)
+    assert scores["n_voxels_kept"] == 4
+    kept = per_voxel["nc_r2"][[0, 2, 3, 4]]
+    assert scores["median_nc_r2"] == pytest.approx(float(np.median(kept)))
+    assert scores["mean_nc_r2"] == pytest.approx(float(np.mean(kept)))
+    roi = {r["roi"]: r for r in per_roi}
+    assert roi["A"]["n_voxels_kept"] == 1
+    assert roi["A"]["median_nc_r2"] == pytest.approx(float(per_voxel["nc_r2"][0]))
+    assert roi["empty"]["median_nc_r2"] is None  # missing, never 0
+
+
+def test_top1_perfect_chance_and_direction():
+    rng = np.random.default_rng(2)
+    img = rng.standard_normal((320, 16))
+    perfect = top1_retrieval(img + 0.01 * rng.standard_normal(img.shape), img, n_trials=5)
+    assert perfect["mean"] == 1.0 and perfect["chance"] == pytest.approx(1 / 300)
+    rand = top1_retrieval(rng.standard_normal((320, 16)), img, n_trials=30)
+    assert rand["mean"] < 0.02 and rand["ci_low"] <= rand["mean"] <= rand["ci_high"]
+    # Directions: every brain sample is closest to image 0 (a "hub"), so brain→image fails
+    # for all but one query, while each image still finds its own brain sample.
+    images = np.eye(300)
+    brains = np.eye(300) + 2 * np.eye(300)[0]
+    assert top1_retrieval(brains, images, n_trials=3)["mean"] == pytest.approx(1 / 300)
+    assert top1_retrieval(images, brains, n_trials=3)["mean"] == 1.0
+
+
+def test_top1_needs_enough_items():
+    with pytest.raises(DataError, match="at least 300"):
+        top1_retrieval(np.ones((10, 3)), np.ones((10, 3)))
