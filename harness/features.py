@@ -144,9 +144,17 @@ def pca_readout(train: np.ndarray, others: list[np.ndarray], n_components: int):
 
     if not 1 <= n_components <= min(train.shape):
         raise DataError(f"PCA needs 1 ≤ n_components ≤ {min(train.shape)}, got {n_components}")
-    X = torch.as_tensor(train, dtype=torch.float32)
+    X = torch.as_tensor(train, dtype=torch.float64)
     mean = X.mean(0)
-    _, _, V = torch.pca_lowrank(X - mean, q=n_components, center=False, niter=4)
+    Xc = X - mean
+    # Exact PCA through the smaller Gram matrix (n×n when features outnumber samples).
+    if Xc.shape[0] < Xc.shape[1]:
+        s, U = torch.linalg.eigh(Xc @ Xc.T)
+        s, U = s.flip(0)[:n_components], U.flip(1)[:, :n_components]
+        V = (Xc.T @ U) / s.clamp_min(1e-12).sqrt()
+    else:
+        V = torch.linalg.eigh(Xc.T @ Xc)[1].flip(1)[:, :n_components]
+    V, mean = V.float(), mean.float()
     project = lambda a: ((torch.as_tensor(a, dtype=torch.float32) - mean) @ V).numpy()  # noqa: E731
     return project(train), [project(o) for o in others]
 

@@ -41,6 +41,7 @@ import io
 import math
 import os
 import re
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -427,7 +428,7 @@ def _build_task(task: str, records: list[dict], root: Path) -> pd.DataFrame:
                 chance_s = f"{chance:.4f}" if not math.isnan(chance) else MISSING
                 notes.append(f"{d}: chance = {chance_s} ({n_cand} candidates, {n_trials} trials)")
     df.attrs.update(
-        task=task, layout=layout, title=title, description=unit, main_score=main, main_column=main_column,
+        task=task, layout=layout, title=title, description=unit[:1].upper() + unit[1:], main_score=main, main_column=main_column,
         value_columns=value_cols, identity_columns=ident_cols,
         formats={c: _fmt_kind(c, layout) for c in value_cols + ["main_score"]}, notes=notes,
         group_note="ranks restart within each dataset × subject" if
@@ -564,7 +565,7 @@ def render_markdown(task: str, df: pd.DataFrame) -> str:
     a = df.attrs
     lines = [f"## {task} — {a.get('title', 'scores')}", ""]
     if a.get("description"):
-        lines += [a["description"][0].upper() + a["description"][1:] + ".", ""]
+        lines += [a["description"] + ".", ""]
     lines += [_ranking_sentence(df), ""]
     secs = sections(df)
     if not secs:
@@ -712,12 +713,21 @@ def _write(path: Path, data: bytes) -> None:
     """Atomic write, then the usual permissions (the temporary file is created 0600, which
     would make a published leaderboard unreadable to a web server or a colleague)."""
     atomic_write_bytes(path, data)
-    umask = os.umask(0)
-    os.umask(umask)
     try:
-        os.chmod(path, 0o666 & ~umask)
+        os.chmod(path, 0o666 & ~_umask())
     except OSError:
         pass
+
+
+def _umask() -> int:
+    # read it without os.umask(), which would briefly change it for every thread of the process
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
 
 
 def write_leaderboard(results_root: str | Path, out_dir: str | Path, plots: bool = True) -> dict[str, dict[str, Path]]:
@@ -746,11 +756,13 @@ def write_leaderboard(results_root: str | Path, out_dir: str | Path, plots: bool
         if plots:
             try:
                 from .plots import task_plots
-            except ImportError:  # matplotlib missing: tables still written
-                task_plots = None
-            if task_plots is not None:
+
                 pngs = task_plots(task, df)
-                images[task] = pngs
+            except Exception as e:  # a plotting problem never costs the tables
+                warnings.warn(f"leaderboard plots for {task} skipped: {type(e).__name__}: {e}", stacklevel=2)
+                pngs = {}
+            images[task] = pngs
+            if pngs:
                 for name, data in pngs.items():
                     path = out / f"{stem}{'' if name == 'png' else '_' + name.removesuffix('_png')}.png"
                     _write(path, data)

@@ -297,3 +297,24 @@ def test_empty_store_does_not_crash(tmp_path):
     s.save(encoding_record("m", _weights("pretrained", "x"), 1.0, FULL))
     assert "encoding" in write_leaderboard(tmp_path / "val", out)
     assert not (out / "README.md").exists()
+
+
+def test_ranks_restart_per_dataset_and_subject(tmp_path):
+    s = ResultStore(tmp_path / "r")
+    s.save(encoding_record("a", _weights("pretrained", "a"), 10.0, FULL, subject="subj01"))
+    s.save(encoding_record("b", _weights("pretrained", "b"), 30.0, FULL, subject="subj01"))
+    s.save(encoding_record("a", _weights("pretrained", "a"), 50.0, FULL, subject="subj02"))
+    df = build_tables(tmp_path / "r")["encoding"]
+    assert list(zip(df["subject"], df["backbone"], df["rank"])) == [
+        ("subj01", "b", 1), ("subj01", "a", 2), ("subj02", "a", 1)]
+    assert "ranks restart within each dataset × subject" in render_markdown("encoding", df)
+
+
+def test_retrieval_without_table_falls_back_to_scores_without_ci(tmp_path):
+    s = ResultStore(tmp_path / "r")
+    rec = retrieval_record("q", _weights("pretrained", "q"), {"brain→image": (0.5, 0.01)})
+    rec["tables"] = {}
+    s.save(rec)
+    df = build_tables(tmp_path / "r")["retrieval"]
+    assert df["brain→image mean"].iloc[0] == 0.5 and math.isnan(df["brain→image ci_low"].iloc[0])
+    assert "0.500 ± —" in render_markdown("retrieval", df)
