@@ -164,7 +164,7 @@ def _identity(record: dict, root: Path) -> dict:
     return {
         "dataset": _text(key.get("dataset")),
         "subject": _text(key.get("subject")),
-        "backbone": _text(backbone.get("name") or key.get("backbone")),
+        "backbone": _text(key.get("backbone") or backbone.get("name")),  # the label: oracle vs oracle-shuffled
         "weights": label,
         "layer": _text(backbone.get("layer")),
         "readout": _text(backbone.get("readout")),
@@ -198,8 +198,8 @@ def _encoding_values(record: dict) -> tuple[dict, list[str]]:
     values = {"all": _num((record.get("scores") or {}).get("median_nc_r2"))}
     flags = []
     for row in (record.get("tables") or {}).get("per_roi") or []:
-        if not isinstance(row, dict) or row.get("roi") is None:
-            continue
+        if not isinstance(row, dict) or row.get("roi") in (None, "nsdgeneral"):
+            continue  # nsdgeneral is the whole-brain mask: its score is the "all" column
         col = _roi_column(row["roi"])
         if col == "all":
             col = "all (ROI table)"

@@ -201,9 +201,10 @@ def test_hv4_maps_to_v4_and_roi_order(store):
 
 def test_extra_rois_follow_and_plain_v4_accepted(tmp_path):
     s = ResultStore(tmp_path / "r")
-    s.save(encoding_record("a", _weights("pretrained", "a"), 12.0, {"V1": 1.0, "V4": 2.0, "nsdgeneral": 3.0}))
+    s.save(encoding_record("a", _weights("pretrained", "a"), 12.0, {"V1": 1.0, "V4": 2.0, "LO": 3.0, "nsdgeneral": 4.0}))
     df = build_tables(tmp_path / "r")["encoding"]
-    assert df["V4"].iloc[0] == 2.0 and df.attrs["value_columns"][-1] == "nsdgeneral"
+    assert df["V4"].iloc[0] == 2.0 and df.attrs["value_columns"][-1] == "LO" and df["LO"].iloc[0] == 3.0
+    assert "nsdgeneral" not in df  # the whole-brain mask is the "all" column
     assert math.isnan(df["FFA"].iloc[0])
 
 
