@@ -62,8 +62,14 @@ def cmd_demo(args) -> int:
     from .config import load_config
     from .runner import Runner
 
+    from sweeps.study import Sweep
+
     cfg = load_config(_demo_config())  # relative paths resolve against the current folder
-    Runner(cfg, progress=not args.quiet).run()
+    runner = Runner(cfg, progress=not args.quiet)
+    runner.run()
+    summary = Sweep(runner).run(progress=not args.quiet)
+    print(f"sweep {summary['study']}: best of {summary['n_complete_trials']} trials on the validation part "
+          f"{summary['best_params']} → {summary['main_score']} = {summary['test_score']:.2f} on test")
     _print_leaderboard(Path(cfg["results_dir"]), Path(args.out))
     return 0
 

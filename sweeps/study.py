@@ -92,14 +92,20 @@ class Sweep:
         self.memo: dict = {}  # shared decompositions: k α-trials cost about one fit
 
     def study(self):
+        import warnings
+
         import optuna
-        from optuna.storages import RDBStorage, RetryFailedTrialCallback
+        from optuna.storages import RDBStorage
 
         if self.storage.startswith("sqlite:///"):
             Path(self.storage[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         # Heartbeats mark trials of a killed worker as failed, and the callback re-queues them.
-        storage = RDBStorage(self.storage, heartbeat_interval=60, grace_period=180,
-                             failed_trial_callback=RetryFailedTrialCallback(max_retry=1))
+        retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            kw = ({"heartbeat_stale_trial_callback": retry(max_retry=1)} if retry else
+                  {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=1)})
+            storage = RDBStorage(self.storage, heartbeat_interval=60, grace_period=180, **kw)
         return optuna.create_study(study_name=self.name, storage=storage, load_if_exists=True,
                                    direction="maximize", sampler=optuna.samplers.TPESampler(seed=self.seed))
 
@@ -119,6 +125,8 @@ class Sweep:
         """Run the remaining trials, then score the best parameters once on the test split."""
         import optuna
 
+        if not progress:
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
         study = self.study()
         done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
         remaining = max(0, self.n_trials - len(done))
