@@ -49,7 +49,7 @@ class Backbone:
     registry_name: ClassVar[str] = ""
 
     def __init__(self, weights: str | None = None, layer: str | None = None, readout: str = "pooled",
-                 batch_size: int = 64, device: str = "auto", **options):
+                 batch_size: int = 64, device: str = "auto", half: bool = True, **options):
         if options:
             raise ConfigError(f"backbone {self.registry_name or type(self).__name__}: unknown option(s) "
                               f"{', '.join(sorted(options))}")
@@ -61,6 +61,7 @@ class Backbone:
         self.readout = readout
         self.batch_size = batch_size
         self.device = device
+        self.half = bool(half)
         self.layer = layer or self.default_layer()
         if self.layer not in self.layers():
             raise ConfigError(f"backbone {self.registry_name}: unknown layer {self.layer!r} "
@@ -86,7 +87,27 @@ class Backbone:
 
     def identity(self) -> dict | None:
         """Everything that changes the numbers, for the feature cache; ``None`` = do not cache."""
-        return {"backbone": self.registry_name, "plugin_version": self.version, "weights": self.weights_info()}
+        return {"backbone": self.registry_name, "plugin_version": self.version, "weights": self.weights_info(),
+                "precision": self.precision()}
+
+    def torch_device(self):
+        from .ridge import resolve_device
+
+        return resolve_device(self.device)
+
+    def precision(self) -> str:
+        """``fp16`` on CUDA when ``half`` (the default), else ``fp32``; part of the cache key."""
+        return "fp16" if self.half and self.torch_device().type == "cuda" else "fp32"
+
+    def autocast(self):
+        """Half-precision autocast on CUDA, a no-op on CPU."""
+        import contextlib
+
+        import torch
+
+        if self.precision() == "fp16":
+            return torch.autocast("cuda", dtype=torch.float16)
+        return contextlib.nullcontext()
 
     def describe_instance(self) -> dict:
         return {"name": self.registry_name, "family": self.family, "weights": self.weights_info(),
