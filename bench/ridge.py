@@ -93,6 +93,7 @@ class Memory:
 
     def __init__(self, device):
         self.cuda = device.type == "cuda"
+        self.maxrss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before any reset
         self.can_reset = self._reset_rss()
 
     @staticmethod
@@ -117,11 +118,12 @@ class Memory:
         if self.cuda:
             torch.cuda.synchronize()
             out["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2 ** 20, 1)
-        if self.can_reset:
-            out["peak_rss_mb"] = round(_status_kb("VmHWM") / 1024, 1)
+        maxrss = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
+        if self.can_reset:  # ru_maxrss reads the high-water mark that clear_refs reset: the phase peak
+            out["peak_rss_mb"] = maxrss
             out["rss_at_start_mb"] = round(self.rss0 / 1024, 1)
-        else:  # cumulative process peak (ru_maxrss is KiB on Linux)
-            out["peak_rss_mb_cumulative"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        else:  # no reset: cumulative process peak
+            out["peak_rss_mb_cumulative"] = maxrss
         return out
 
 
@@ -469,6 +471,10 @@ def main(argv=None):
     out.update(median_test_r2={k: round(v, 4) for k, v in r2s.items()}, alpha_agreement_gcv_vs_loo=round(agree_gl, 4))
     log("  median held-out R2: " + ", ".join(f"{k} {v:.4f}" for k, v in r2s.items()) +
         f"; harness GCV and LOO pick the same alpha for {100 * agree_gl:.1f}% of targets")
+    hist = {f"{a:.3g}": int(c) for a, c in zip(alphas, (np.asarray(res["harness_loo"][1])[:, None]
+                                                       == np.asarray(alphas, np.float32)[None]).sum(0))}
+    out["best_alpha_counts_loo"] = hist
+    log("  harness LOO best-alpha counts: " + ", ".join(f"{a}:{c}" for a, c in hist.items()))
     for ref, mine, mode_t in (("sklearn", "harness_loo", "harness LOO"), ("himalaya", "harness_cv5", "harness cv=5")):
         if ref not in res:
             continue
@@ -491,8 +497,14 @@ def main(argv=None):
     if "himalaya" in res:
         out.update(himalaya_backend=hb, himalaya_cv=hcv_note)
     out.update(sweep)
+    peaks = [v for rec in PHASES.values() for kk, v in rec.items() if kk.startswith("peak_rss")]
     out.update(peak_memory_mb={k: {kk: v for kk, v in rec.items() if "mb" in kk} for k, rec in PHASES.items()},
-               ru_maxrss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+               peak_memory_note=("per phase: CUDA max_memory_allocated (GPU) and ru_maxrss of the whole process "
+                                 "(the RSS high-water mark is reset before each phase via /proc/self/clear_refs, "
+                                 "so it is the phase peak; it includes the data and the imported libraries, "
+                                 "see rss_at_start_mb)" if mem.can_reset else
+                                 "ru_maxrss cumulative over the process (no per-phase reset available)"),
+               ru_maxrss_mb=round(max(peaks + [mem.maxrss0]), 1),
                estimated_total_min=round(sum(est.values()) / 60, 2),
                phases={k: {kk: v for kk, v in rec.items() if "mb" not in kk} for k, rec in PHASES.items()},
                total_wall_s=round(time.perf_counter() - t_start, 1))

@@ -418,6 +418,33 @@ def drop_columns(a: np.ndarray, keep: np.ndarray, block_rows: int = 1024) -> np.
     return flat[:n * k].reshape(n, k)
 
 
+def load_npy(path: Path, mmap: bool = False) -> np.ndarray:
+    """``np.load`` without pickles (optionally memory-mapped); problems name the file."""
+    if not path.exists():
+        raise DataError(f"{path}: not found")
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except ValueError as e:  # object arrays need pickle: not accepted for these files
+        raise DataError(f"{path}: not a plain numpy array ({e})") from None
+    except OSError as e:
+        raise DataError(f"{path}: unreadable ({e})") from None
+
+
+def gather(arrays: list[np.ndarray], rows: np.ndarray | None = None, block: int = 1024) -> np.ndarray:
+    """float32 copy of ``rows`` (default all) of the 2-D ``arrays`` placed side by side.
+
+    Reads block by block, so memory-mapped inputs of any dtype never have a second full copy."""
+    n = len(arrays[0]) if rows is None else len(rows)
+    out = np.empty((n, sum(a.shape[1] for a in arrays)), dtype=np.float32)
+    for r0 in range(0, n, block):
+        sel = slice(r0, r0 + block) if rows is None else rows[r0:r0 + block]
+        c = 0
+        for a in arrays:
+            out[r0:r0 + block, c:c + a.shape[1]] = a[sel]
+            c += a.shape[1]
+    return out
+
+
 def finite_columns(*arrays: np.ndarray, block: int = VOXEL_BLOCK) -> np.ndarray:
     """Columns with only finite values in every array (checked in column blocks)."""
     n = arrays[0].shape[1]
@@ -538,10 +565,10 @@ class NSD:
         files = []
         for n in range(1, last + 1):
             have = found.get(n, {})
-            fmt = ("hdf5" if "hdf5" in have else "nifti") if self.format == "auto" else self.format
+            fmt = ("hdf5" if "hdf5" in have or not have else "nifti") if self.format == "auto" else self.format
             if fmt not in have:
-                ext = "hdf5" if fmt == "hdf5" else "nii.gz"
-                raise DataError(f"{folder / f'betas_session{n:02d}.{ext}'}: missing session "
+                ext, alt = ("hdf5", " (nor .nii.gz)" if self.format == "auto" else "") if fmt == "hdf5" else ("nii.gz", "")
+                raise DataError(f"{folder / f'betas_session{n:02d}.{ext}'}: missing session{alt} "
                                 f"(sessions={self.sessions!r}, format={self.format!r})")
             files.append(SessionFile(have[fmt], fmt))
         return files
@@ -564,11 +591,8 @@ class NSD:
         start = time.perf_counter()
         subjects, metas, caches = {}, {}, {}
         for subj in self.subjects:
-            files = self.session_files(subj)
             name = subject_name(subj)
-            subjects[name], metas[name], caches[name] = cached_subject(
-                self.cache_dir if self.cache else None, "nsd", name, {**self.params(files), "subject": subj},
-                self.sources(subj, files), lambda s=subj, f=files: self.load_subject(s, f))
+            subjects[name], metas[name], caches[name] = self.subject(subj)
         ids, captions = union_stimuli(metas)
         reader, fingerprint = imgbrick_reader(self.layout.imgbrick, ids)
         stimuli = Stimuli(ids=ids, read_images=reader, captions=captions, fingerprint=fingerprint)
@@ -582,6 +606,13 @@ class NSD:
                              for n, m in metas.items()},
                 "cache": caches, "load_seconds": round(time.perf_counter() - start, 3)}
         return Dataset(name="nsd", stimuli=stimuli, subjects=subjects, info=info)
+
+    def subject(self, subj: int) -> tuple[Subject, dict, dict]:
+        """One subject (from the subject cache when possible): ``(subject, meta, cache_info)``."""
+        files = self.session_files(subj)
+        return cached_subject(self.cache_dir if self.cache else None, "nsd", subject_name(subj),
+                              {**self.params(files), "subject": subj}, self.sources(subj, files),
+                              lambda: self.load_subject(subj, files))
 
     def load_subject(self, subj: int, files: list[SessionFile]) -> tuple[Subject, dict]:
         name = subject_name(subj)
@@ -667,3 +698,84 @@ class NSD:
             rois.update(label_rois(np.rint(vol[tuple(coords)]).astype(np.int64), names))
         rois, empty = finish_rois(rois)
         return rois, {"roi_files_missing": missing, "rois_empty": empty, "roi_labels": names_from}
+
+
+# --------------------------------------------------------------------------------------------
+# `brainharness data check`
+# --------------------------------------------------------------------------------------------
+def inspect(root: Path) -> dict | None:
+    """What of the official layout is under ``root`` (headers only), or None if it is not there."""
+    if not any((root / d).is_dir() for d in ("nsddata", "nsddata_betas")):
+        return None
+    layout, problems, notes = Layout(root), [], []
+    report = {"layout": "nsd", "description": "NSD official layout", "root": str(root), "subjects": {},
+              "problems": problems, "notes": notes}
+    design = _try(problems, read_design, layout.expdesign)
+    if design is not None:
+        report["design"] = {"trials": len(design.masterordering), "subjects": design.subjectim.shape[0],
+                            "images_per_subject": design.subjectim.shape[1], "shared": design.n_shared}
+    if layout.imgbrick.exists():
+        try:
+            with h5py.File(layout.imgbrick, "r") as f:
+                report["images"] = {"n": int(f["imgBrick"].shape[0]), "shape": list(f["imgBrick"].shape[1:])}
+        except (OSError, KeyError) as e:
+            problems.append(f"{layout.imgbrick}: no readable 'imgBrick' ({e})")
+    else:
+        problems.append(f"{layout.imgbrick}: not found (the NSD images)")
+    for p in (layout.stim_info, layout.annotations / "captions_train2017.json",
+              layout.annotations / "captions_val2017.json"):
+        if not p.exists():
+            notes.append(f"{p}: not found — captions unavailable unless coco_annotations is given")
+    names = {p.name for base in ("nsddata/ppdata", "nsddata_betas/ppdata") if (root / base).is_dir()
+             for p in (root / base).iterdir() if re.fullmatch(r"subj0[1-8]", p.name)}
+    for name in sorted(names):
+        report["subjects"][name] = _inspect_subject(layout, int(name[4:]), design, problems, notes)
+    if not names:
+        problems.append(f"{root}: no subjXX folder under nsddata/ppdata or nsddata_betas/ppdata")
+    return report
+
+
+def _try(problems: list, fn, *args):
+    try:
+        return fn(*args)
+    except DataError as e:
+        problems.append(str(e))
+        return None
+
+
+def _inspect_subject(layout: Layout, subj: int, design, problems: list, notes: list) -> dict:
+    entry = {"sessions_in_nsd": SESSIONS[subj]}
+    general = _try(problems, read_volume, layout.roi(subj, "nsdgeneral"))
+    if general is not None:
+        entry.update(voxels=int((general > 0).sum()), volume=list(general.shape))
+    missing = [n for n in ROI_FILES if not layout.roi(subj, n).exists()]
+    if missing:
+        notes.append(f"{layout.roi(subj, 'x').parent}: no {', '.join(missing)} (those ROIs will be absent)")
+    betas = layout.root / f"nsddata_betas/ppdata/{subject_name(subj)}/{layout.space}"
+    entry["betas"] = {}
+    for folder in sorted(p for p in betas.iterdir() if p.is_dir()) if betas.is_dir() else []:
+        found = find_sessions(folder)
+        if not found:
+            continue
+        gaps = sorted(set(range(1, max(found) + 1)) - set(found))
+        if gaps:
+            problems.append(f"{folder / f'betas_session{gaps[0]:02d}'}.(hdf5|nii.gz): missing session "
+                            f"({len(gaps)} missing before session {max(found)})")
+        trials = 0
+        for n, files in sorted(found.items()):
+            for fmt, path in files.items():
+                head = _try(problems, SessionFile(path, fmt).header)
+                if head is None:
+                    continue
+                if general is not None and tuple(head[0]) != general.shape:
+                    problems.append(f"{path}: volume {tuple(head[0])} does not match nsdgeneral {general.shape}")
+            trials += head[1] if head else 0
+        formats = sorted({f for files in found.values() for f in files})
+        entry["betas"][folder.name] = {"sessions": len(found), "formats": formats, "trials": int(trials)}
+        if len(found) < SESSIONS[subj]:
+            notes.append(f"{folder}: {len(found)} of NSD's {SESSIONS[subj]} sessions (loaded as an incomplete subject)")
+        if design is not None and trials > len(design.masterordering):
+            problems.append(f"{folder}: {trials} trials, {design.path.name} lists {len(design.masterordering)}")
+    if not entry["betas"]:
+        problems.append(f"{betas}: no beta files for {subject_name(subj)}")
+    return entry

@@ -1,0 +1,302 @@
+"""NSD as preprocessed by brain-diffuser (Ozcelik & VanRullen 2023, ``data/prepare_nsddata.py``).
+
+Layout under ``root`` (brain-diffuser's ``data`` folder, or ``processed_data`` itself)::
+
+    processed_data/subjXX/nsd_{train,test}_fmriavg_nsdgeneral_sub{N}.npy  images × nsdgeneral voxels,
+                                         raw betas (×300 units) averaged over each image's trials
+    processed_data/subjXX/nsd_{train,test}_stim_sub{N}.npy   images × 425 × 425 × 3 uint8
+    processed_data/subjXX/nsd_{train,test}_cap_sub{N}.npy    images × 5 COCO captions (unicode)
+    nsddata/experiments/nsd/nsd_expdesign.mat                 optional: recovers the 73k ids
+
+Stimulus ids. brain-diffuser orders the images of each split by first appearance in the trial
+sequence (test = shared images) and does not save their 73k ids. The loader recomputes that
+order from ``nsd_expdesign.mat`` (``expdesign``; default the copy under ``root`` or
+``trials_root``) and checks the first image of each split against ``imgBrick`` when the NSD
+images are there. With no design file (or ``expdesign=False``) ids are positional,
+``100000·N + row`` (train rows first), and say so in ``Dataset.info``.
+
+Responses are divided by 300 and z-scored per voxel with the training mean and sd (ddof=1), as
+brain-diffuser does; voxels with NaN/inf are dropped and counted. Images stream from the
+``.npy`` files (memory-mapped). The layout has no single trials, so the noise ceiling is
+unavailable (recorded as such) unless ``trials_root`` names the NSD official layout: its
+session-z-scored single trials of the first ``trials_sessions`` sessions (37, as brain-diffuser
+used) then give the ceiling through the NSD loader, after checking that voxels and images match.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .data import Dataset, Responses, Stimuli, Subject
+from .errors import ConfigError, DataError
+from .nsd import (NSD, VOXEL_BLOCK, Layout, choice, drop_columns, existing_dir, finite_columns, gather, load_npy,
+                  read_design, short_hash, subject_list, subject_name, union_stimuli)
+from .registry import register_dataset
+from .subject_cache import cached_subject, file_signature, resolve_cache_dir
+
+KINDS = ("fmriavg_nsdgeneral", "stim", "cap")
+POSITIONAL = 100_000
+
+
+def zscore_with(train: np.ndarray, *others: np.ndarray, ddof: int = 1) -> int:
+    """z-score columns in place with the training rows' mean and sd; returns the count of sd = 0 (set to 0)."""
+    zero = 0
+    for v0 in range(0, train.shape[1], VOXEL_BLOCK):
+        cols = slice(v0, v0 + VOXEL_BLOCK)
+        block = train[:, cols].astype(np.float64)
+        mu, sd = block.mean(0), block.std(0, ddof=ddof)
+        zero += int((sd == 0).sum())
+        scale = np.where(sd > 0, 1 / np.where(sd > 0, sd, 1), 0)
+        for a in (train, *others):
+            a[:, cols] = (a[:, cols] - mu) * scale
+    return zero
+
+
+def read_captions(path: Path, n: int, ids: np.ndarray, mode: str) -> tuple[dict, str]:
+    if mode == "none":
+        return {}, "not loaded (captions='none')"
+    if not path.exists():
+        if mode == "required":
+            raise DataError(f"{path}: not found (captions='required')")
+        return {}, f"unavailable: {path} not found"
+    caps = load_npy(path)
+    if len(caps) != n:
+        raise DataError(f"{path}: {len(caps)} rows, the fMRI file has {n}")
+    out = {}
+    for i, row in zip(ids, caps.reshape(n, -1)):
+        texts = [str(c).strip() for c in row]
+        out[int(i)] = list(dict.fromkeys(t for t in texts if t))
+    return out, f"loaded from {path.name}"
+
+
+class NpyImageReader:
+    """Images of the stimulus rows from memory-mapped ``.npy`` image arrays; opens them per call."""
+
+    def __init__(self, paths: list[Path], source: np.ndarray, source_row: np.ndarray, shape: tuple):
+        self.paths, self.source, self.source_row, self.shape = [Path(p) for p in paths], source, source_row, shape
+
+    def __call__(self, rows) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        out = np.empty((len(rows), *self.shape), dtype=np.uint8)
+        for k, path in enumerate(self.paths):
+            sel = self.source[rows] == k
+            if sel.any():
+                out[sel] = load_npy(path, mmap=True)[self.source_row[rows[sel]]]
+        return out
+
+
+@register_dataset("nsd-brain-diffuser")
+class BrainDiffuser:
+    """brain-diffuser's ``processed_data``. Parameters: ``root``, ``subject`` (1–8, ``"subjNN"`` or a
+    list), ``expdesign`` (path to ``nsd_expdesign.mat``; default found under ``root``/``trials_root``;
+    ``False``: positional ids), ``trials_root`` (NSD official layout, for the noise ceiling),
+    ``trials_sessions`` (37), ``beta_version`` (of the trials), ``captions`` (``auto`` | ``required`` |
+    ``none``), ``cache``, ``cache_dir``."""
+
+    VERSION = "1"
+    accepts = ("root", "subject", "expdesign", "trials_root", "trials_sessions", "beta_version", "captions",
+               "cache", "cache_dir")
+
+    def __init__(self, root=None, subject=1, expdesign=None, trials_root=None, trials_sessions: int = 37,
+                 beta_version: str = "betas_fithrf_GLMdenoise_RR", captions: str = "auto", cache: bool = True,
+                 cache_dir=None):
+        root = existing_dir(root, "nsd-brain-diffuser: root")
+        self.processed = root / "processed_data" if (root / "processed_data").is_dir() else root
+        self.root = root
+        self.subjects = subject_list(subject)
+        self.trials_root = existing_dir(trials_root, "nsd-brain-diffuser: trials_root") if trials_root else None
+        if isinstance(trials_sessions, bool) or not isinstance(trials_sessions, int) or trials_sessions < 1:
+            raise ConfigError(f"nsd-brain-diffuser: trials_sessions must be a positive integer, got {trials_sessions!r}")
+        self.trials_sessions, self.beta_version = trials_sessions, beta_version
+        self.captions = choice("nsd-brain-diffuser: captions", captions, ("auto", "required", "none"))
+        self.design_path = self._design_path(expdesign)
+        self.cache = bool(cache)
+        self.cache_dir = resolve_cache_dir(cache_dir)
+
+    def _design_path(self, expdesign) -> Path | None:
+        if expdesign is False:
+            return None
+        if expdesign:
+            path = Path(expdesign).expanduser()
+            if not path.exists():
+                raise DataError(f"{path}: not found (expdesign)")
+            return path
+        for base in (self.root, self.trials_root):
+            if base is not None and Layout(base).expdesign.exists():
+                return Layout(base).expdesign
+        return None
+
+    def files(self, subj: int) -> dict[str, dict[str, Path]]:
+        folder = self.processed / subject_name(subj)
+        if not folder.is_dir():
+            raise DataError(f"{folder}: not found (no brain-diffuser data for {subject_name(subj)})")
+        return {split: {k: folder / f"nsd_{split}_{k}_sub{subj}.npy" for k in KINDS} for split in ("train", "test")}
+
+    # -- loading -------------------------------------------------------------------------
+    def load(self) -> Dataset:
+        start = time.perf_counter()
+        subjects, metas, caches = {}, {}, {}
+        for subj in self.subjects:
+            files = self.files(subj)
+            sources = [p for split in files.values() for k, p in split.items() if k != "stim" and p.exists()]
+            sources += [self.design_path] if self.design_path else []
+            params = {"loader": "nsd-brain-diffuser", "version": self.VERSION, "subject": subj,
+                      "design": str(self.design_path), "captions": self.captions,
+                      "trials": [str(self.trials_root), self.trials_sessions, self.beta_version]}
+            name = subject_name(subj)
+            subjects[name], metas[name], caches[name] = cached_subject(
+                self.cache_dir if self.cache else None, "brain-diffuser", name, params, sources,
+                lambda s=subj: self.load_subject(s))
+        ids, captions = union_stimuli(metas)
+        reader, fingerprint = self.image_reader(ids, metas)
+        stimuli = Stimuli(ids=ids, read_images=reader, captions=captions, fingerprint=fingerprint)
+        info = {"name": "nsd-brain-diffuser", "layout": "brain-diffuser processed_data", "root": str(self.root),
+                "scale": "÷300 (files hold raw beta units)",
+                "zscore": "per voxel with the training split's mean and sd (ddof=1), as brain-diffuser",
+                "ids": f"73k ids from {self.design_path} (first-appearance order)" if self.design_path else
+                       f"positional ({POSITIONAL}·subject + row, train rows first): no nsd_expdesign.mat",
+                "fingerprint": fingerprint,
+                "subjects": {n: {k: v for k, v in m.items() if not isinstance(v, np.ndarray)} for n, m in metas.items()},
+                "cache": caches, "load_seconds": round(time.perf_counter() - start, 3)}
+        return Dataset(name="nsd-brain-diffuser", stimuli=stimuli, subjects=subjects, info=info)
+
+    def stimulus_ids(self, subj: int, n_train: int, n_test: int, files) -> tuple[np.ndarray, np.ndarray]:
+        if self.design_path is None:
+            base = POSITIONAL * subj
+            return base + np.arange(n_train), base + n_train + np.arange(n_test)
+        design = read_design(self.design_path)
+        order = design.first_appearance(subj)
+        for split, ids, n in (("train", order[0], n_train), ("test", order[1], n_test)):
+            if len(ids) < n:
+                raise DataError(f"{files[split]['fmriavg_nsdgeneral']}: {n} images, but {self.design_path} "
+                                f"has only {len(ids)} {split} images for {subject_name(subj)}")
+        ids = order[0][:n_train], order[1][:n_test]
+        self._check_ids_against_imgbrick(ids, files)
+        return ids
+
+    def _check_ids_against_imgbrick(self, ids, files) -> None:
+        import h5py
+
+        brick = next((Layout(b).imgbrick for b in (self.root, self.trials_root)
+                      if b is not None and Layout(b).imgbrick.exists()), None)
+        if brick is None:
+            return
+        with h5py.File(brick, "r") as f:
+            for split, split_ids in zip(("train", "test"), ids):
+                stim = load_npy(files[split]["stim"], mmap=True)
+                if len(split_ids) and (f["imgBrick"].shape[1:] != stim.shape[1:]
+                                       or not np.array_equal(f["imgBrick"][int(split_ids[0])], stim[0])):
+                    raise DataError(f"{files[split]['stim']}: row 0 is not imgBrick image {int(split_ids[0])}, the "
+                                    f"id recovered from {self.design_path}; pass expdesign=False for positional ids")
+
+    def load_subject(self, subj: int) -> tuple[Subject, dict]:
+        files = self.files(subj)
+        fmri = {}
+        for s in ("train", "test"):
+            mm = load_npy(files[s]["fmriavg_nsdgeneral"], mmap=True)
+            if mm.ndim != 2:
+                raise DataError(f"{files[s]['fmriavg_nsdgeneral']}: expected images × voxels, got shape {mm.shape}")
+            fmri[s] = gather([mm])
+        if fmri["train"].shape[1] != fmri["test"].shape[1]:
+            raise DataError(f"{files['test']['fmriavg_nsdgeneral']}: {fmri['test'].shape[1]} voxels, "
+                            f"{files['train']['fmriavg_nsdgeneral'].name} has {fmri['train'].shape[1]}")
+        for s in ("train", "test"):
+            stim = load_npy(files[s]["stim"], mmap=True)
+            if stim.ndim != 4 or stim.shape[0] != len(fmri[s]) or stim.shape[3] != 3 or stim.dtype != np.uint8:
+                raise DataError(f"{files[s]['stim']}: expected ({len(fmri[s])}, H, W, 3) uint8 images, "
+                                f"got {stim.shape} {stim.dtype}")
+        ids = dict(zip(("train", "test"), self.stimulus_ids(subj, len(fmri["train"]), len(fmri["test"]), files)))
+        keep = finite_columns(fmri["train"], fmri["test"])
+        for s in fmri:
+            fmri[s] = drop_columns(fmri[s], keep)
+            fmri[s] /= 300.0
+        zero_sd = zscore_with(fmri["train"], fmri["test"])
+        trials, nc, nc_source = self.trials(subj, ids, int(keep.size), bool(keep.all()))
+        responses = {s: Responses(ids[s], fmri[s], *trials.get(s, (None, None))) for s in fmri}
+        subject = Subject(name=subject_name(subj), train=responses["train"], test=responses["test"],
+                          rois={"nsdgeneral": np.ones(int(keep.sum()), dtype=bool)}, noise_ceiling=nc,
+                          nc_source=nc_source)
+        captions, caption_info = {}, {}
+        for s in fmri:
+            c, caption_info[s] = read_captions(files[s]["cap"], len(ids[s]), ids[s], self.captions)
+            captions.update(c)
+        meta = {"n_train_images": len(ids["train"]), "n_test_images": len(ids["test"]), "n_voxels": int(keep.sum()),
+                "nan_voxels": {"handling": "drop", "dropped": int((~keep).sum())}, "zero_sd_voxels": zero_sd,
+                "noise_ceiling": nc_source, "captions_info": caption_info, "captions": captions,
+                "stim_files": [str(files[s]["stim"]) for s in ("train", "test")],
+                "stim_ids": np.r_[ids["train"], ids["test"]], "train_ids": ids["train"], "test_ids": ids["test"]}
+        return subject, meta
+
+    def trials(self, subj: int, ids: dict, n_voxels: int, all_finite: bool) -> tuple[dict, np.ndarray | None, str]:
+        """Single trials and the noise ceiling from the NSD official layout, when ``trials_root`` is given."""
+        if self.trials_root is None:
+            return {}, None, ("unavailable: the brain-diffuser layout has only repeat-averaged responses "
+                              "(give trials_root = the NSD official layout to estimate it)")
+        if self.design_path is None:
+            raise DataError(f"{self.trials_root}: single trials need the 73k ids, but no nsd_expdesign.mat was found")
+        nsd = NSD(root=self.trials_root, subject=subj, sessions=self.trials_sessions, beta_version=self.beta_version,
+                  nan_voxels="error", captions="none", cache=self.cache, cache_dir=self.cache_dir)
+        ns, _, _ = nsd.subject(subj)
+        if ns.n_voxels != n_voxels or not all_finite:
+            raise DataError(f"{self.trials_root}: {ns.n_voxels} nsdgeneral voxels with finite betas, the "
+                            f"brain-diffuser files have {n_voxels} (finite: {all_finite}); they do not line up")
+        for s in ("train", "test"):
+            if set(getattr(ns, s).stim_ids.tolist()) != set(ids[s].tolist()):
+                raise DataError(f"{self.trials_root}: the first {self.trials_sessions} sessions hold other {s} images "
+                                f"than the brain-diffuser files (set trials_sessions to the sessions they used)")
+        trials = {s: (getattr(ns, s).trials, getattr(ns, s).trial_stim) for s in ("train", "test")}
+        return trials, ns.noise_ceiling, (f"estimated from the NSD single trials of {self.trials_root} (first "
+                                          f"{self.trials_sessions} sessions; NSD formula, mixed-repeat correction)")
+
+    def image_reader(self, ids: np.ndarray, metas: dict) -> tuple[NpyImageReader, str]:
+        """Reads each stimulus from the first subject's ``stim`` file that holds it (memory-mapped)."""
+        paths, source, source_row, shape = [], np.full(len(ids), -1), np.zeros(len(ids), dtype=np.int64), None
+        for subj in self.subjects:
+            files, meta = self.files(subj), metas[subject_name(subj)]
+            for split in ("train", "test"):
+                arr = load_npy(files[split]["stim"], mmap=True)
+                shape = shape or arr.shape[1:]
+                if arr.shape[1:] != shape:
+                    raise DataError(f"{files[split]['stim']}: images of shape {arr.shape[1:]}, others have {shape}")
+                rows = np.searchsorted(ids, meta[f"{split}_ids"])
+                new = source[rows] < 0
+                source[rows[new]], source_row[rows[new]] = len(paths), np.flatnonzero(new)
+                paths.append(files[split]["stim"])
+        return NpyImageReader(paths, source, source_row, shape), "brain-diffuser-" + short_hash(file_signature(paths))
+
+
+def inspect(root: Path) -> dict | None:
+    """What of brain-diffuser's ``processed_data`` is under ``root``, or None if it is not there."""
+    processed = root / "processed_data" if (root / "processed_data").is_dir() else root
+    folders = sorted(p.parent for p in processed.glob("subj0[1-8]/nsd_*_fmriavg_nsdgeneral_sub*.npy"))
+    if not folders:
+        return None
+    problems, notes = [], []
+    design = Layout(root).expdesign
+    report = {"layout": "nsd-brain-diffuser", "description": "brain-diffuser processed_data", "root": str(root),
+              "subjects": {}, "problems": problems, "notes": notes,
+              "ids": f"73k ids via {design}" if design.exists() else "positional (no nsd_expdesign.mat under root)"}
+    for folder in sorted(set(folders)):
+        subj, entry = int(folder.name[4:]), {}
+        for split in ("train", "test"):
+            shapes = {}
+            for kind in KINDS:
+                path = folder / f"nsd_{split}_{kind}_sub{subj}.npy"
+                if not path.exists():
+                    (notes if kind == "cap" else problems).append(f"{path}: not found")
+                    continue
+                try:
+                    shapes[kind] = load_npy(path, mmap=True).shape
+                except DataError as e:
+                    problems.append(str(e))
+            rows = {k: s[0] for k, s in shapes.items()}
+            if len(set(rows.values())) > 1:
+                problems.append(f"{folder}: {split} files disagree on the number of images ({rows})")
+            entry[split] = {"images": rows.get("fmriavg_nsdgeneral"), "voxels": (shapes.get("fmriavg_nsdgeneral") or
+                                                                                 (None, None))[1]}
+        if entry["train"]["voxels"] != entry["test"]["voxels"]:
+            problems.append(f"{folder}: train has {entry['train']['voxels']} voxels, test {entry['test']['voxels']}")
+        report["subjects"][folder.name] = entry
+    return report
