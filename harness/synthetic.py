@@ -4,6 +4,7 @@ Everything is deterministic from ``seed`` and generated on first use into one HD
 ``<cache_dir>/datasets/synthetic-<hash>.h5`` (hash of all parameters and :attr:`VERSION`).
 The file is written under a temporary name and renamed when complete, so an interrupted
 generation never leaves a file that looks finished; later loads open it without regenerating.
+A lock file (``….h5.lock``) makes concurrent loaders wait for one generator.
 
 The generative model
 --------------------
@@ -44,6 +45,7 @@ The generative model
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -58,7 +60,7 @@ import numpy as np
 
 from .data import Dataset, Responses, Stimuli, Subject
 from .errors import ConfigError, DataError
-from .noise_ceiling import inverse_repeats, ncsnr, noise_ceiling, zscore_within_sessions
+from .noise_ceiling import inverse_repeats, noise_ceiling, zscore_within_sessions
 from .registry import register_dataset
 
 log = logging.getLogger(__name__)
@@ -622,12 +624,13 @@ def describe_scene(scene: Scene) -> str:
         bg = f"A plain {scene.bg_colour} background."
     else:
         bg = (f"An outdoor place: {scene.sky} sky, {scene.ground} ground, horizon at {scene.horizon:.0%} of the height, "
-              f"a {'house' if scene.building == 'house' else 'tall building'} on the {scene.building_hpos}.")
+              f"a {'house' if scene.building == 'house' else 'tall building'} "
+              f"{'in the centre' if scene.building_hpos == 'centre' else 'on the ' + scene.building_hpos}.")
     parts = []
     for it in scene.items:
         what = it.kind if it.category == "object" else {"face": "face", "body": "person", "word": "sign with writing"}[
             it.category]
-        parts.append(f"a {it.colour} {what} ({it.category}) at the {it.vpos} {it.hpos}, size {it.scale:.2f}")
+        parts.append(f"{_article(it.colour)} {what} ({it.category}) at the {it.vpos} {it.hpos}, size {it.scale:.2f}")
     return f"{bg} Items: {'; '.join(parts)}."
 
 
@@ -725,6 +728,30 @@ def voxel_signal(f_low, f_cat, w_low, w_cat, frac_low):
     scale = np.where(sd > 0, 1 / np.where(sd > 0, sd, 1), 0)
     weights = np.concatenate([w_low * (a * scale), w_cat * (b * scale)]).astype(np.float32)
     return (signal * scale).astype(np.float32), weights
+
+
+def _ncsnr_grouped(grouped: np.ndarray, means: np.ndarray) -> np.ndarray:
+    """:func:`harness.noise_ceiling.ncsnr` for trials already grouped as (stimuli, repeats, voxels).
+
+    The same formula (mean over stimuli of the ddof=1 variance across repeats), computed
+    without re-sorting the trials — it is the bottleneck at NSD size otherwise. The tests
+    check it against :func:`~harness.noise_ceiling.ncsnr` on the stored trials.
+    """
+    dev = grouped - means[:, None, :]
+    noise_var = np.einsum("irv,irv->iv", dev, dev).mean(0, dtype=np.float64) / (grouped.shape[1] - 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        snr = np.sqrt(np.clip(1.0 - noise_var, 0.0, None)) / np.sqrt(noise_var)
+    return np.nan_to_num(snr, nan=0.0, posinf=0.0).astype(np.float32)
+
+
+def _read_matrix(dset) -> np.ndarray:
+    """Read a 2-D HDF5 dataset in blocks of whole chunk columns (much faster than one big read)."""
+    out = np.empty(dset.shape, dtype=dset.dtype)
+    step = dset.chunks[1] if dset.chunks else dset.shape[1]
+    for v0 in range(0, dset.shape[1], max(1, step)):
+        v1 = min(dset.shape[1], v0 + step)
+        dset.read_direct(out, np.s_[:, v0:v1], np.s_[:, v0:v1])
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -838,7 +865,17 @@ class SyntheticDataset:
     # -- loading -----------------------------------------------------------------------
     def load(self) -> Dataset:
         if not self.path.exists():
-            self.generate()
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # One generator per file: concurrent workers wait for it instead of repeating the work.
+            with open(self.path.with_name(self.path.name + ".lock"), "a+") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                try:
+                    if not self.path.exists():
+                        for stale in self.path.parent.glob(self.path.name + ".tmp-*"):
+                            stale.unlink(missing_ok=True)  # left by a killed generator
+                        self.generate()
+                finally:
+                    fcntl.flock(lock, fcntl.LOCK_UN)
         try:
             return self._read()
         except (OSError, KeyError, ValueError) as e:
@@ -957,8 +994,10 @@ class SyntheticDataset:
             raw += offset[sessions]
             z = zscore_within_sessions(raw, sessions)
             del raw
-            est_snr[v0:v1] = ncsnr(z, trial_rows, repeats=self.repeats)
-            averaged = z[by_stim].reshape(n, self.repeats, v1 - v0).mean(1)  # rows = stimulus rows
+            grouped = z[by_stim].reshape(n, self.repeats, v1 - v0)  # rows = stimulus rows
+            averaged = grouped.mean(1)
+            est_snr[v0:v1] = _ncsnr_grouped(grouped, averaged)
+            del grouped
             for sg, ids, sel in splits.values():
                 sg["trials"][:, v0:v1] = z[sel]
                 sg["averaged"][:, v0:v1] = averaged[ids]
@@ -1008,8 +1047,9 @@ class SyntheticDataset:
             n_sessions = {}
             for name in sorted(f["subjects"]):
                 g = f["subjects"][name]
-                resp = {split: Responses(g[split]["stim_ids"][:], g[split]["averaged"][:], g[split]["trials"][:],
-                                         g[split]["trial_stim"][:]) for split in ("train", "test")}
+                resp = {split: Responses(g[split]["stim_ids"][:], _read_matrix(g[split]["averaged"]),
+                                         _read_matrix(g[split]["trials"]), g[split]["trial_stim"][:])
+                        for split in ("train", "test")}
                 subjects[name] = Subject(
                     name=name, train=resp["train"], test=resp["test"],
                     rois={r: g["rois"][r][:] for r in ROI_NAMES},
