@@ -36,8 +36,9 @@ import numpy as np
 
 from .data import Dataset, Responses, Stimuli, Subject
 from .errors import ConfigError, DataError
-from .nsd import (Layout, choice, coco_captions, drop_columns, existing_dir, finish_rois, finite_columns, gather,
-                  label_rois, load_npy, short_hash, subject_list, subject_name, union_stimuli)
+from .nsd import (Layout, check_params, choice, coco_captions, drop_columns, existing_dir, finish_rois,
+                  finite_columns, gather, label_rois, load_npy, public_meta, short_hash, subject_list, subject_name,
+                  union_stimuli)
 from .registry import register_dataset
 from .subject_cache import cached_subject, file_signature, resolve_cache_dir
 
@@ -95,8 +96,11 @@ class PngReader:
 
 
 @register_dataset("algonauts2023")
+@check_params
 class Algonauts2023:
-    """Algonauts 2023. Parameters: ``root``, ``subject`` (1–8, ``"subjNN"`` or a list),
+    """Algonauts 2023 challenge data: lh+rh challenge vertices, PNG images, held-out test part.
+
+    Parameters: ``root``, ``subject`` (1–8, ``"subjNN"`` or a list),
     ``test_fraction`` (0.1) and ``split_seed`` (0) for the held-out test part, ``noise_ceiling``
     (file(s), see the module doc), ``nsd_root`` (an NSD layout, for captions), ``coco_annotations``,
     ``captions`` (``auto`` | ``required`` | ``none``), ``cache``, ``cache_dir``."""
@@ -123,8 +127,8 @@ class Algonauts2023:
         self.cache_dir = resolve_cache_dir(cache_dir)
 
     def _nc_spec(self, spec):
-        ok = spec is None or isinstance(spec, (str, os.PathLike)) or (isinstance(spec, dict) and set(spec) == set(HEMIS))
-        if not ok:
+        if not (spec is None or isinstance(spec, (str, os.PathLike))
+                or (isinstance(spec, dict) and set(spec) == set(HEMIS))):
             raise ConfigError(f"algonauts2023: noise_ceiling is a path or {{lh: path, rh: path}}, got {spec!r}")
         if spec is not None and len(self.subjects) > 1 and "{subject}" not in str(spec):
             raise ConfigError("algonauts2023: with several subjects, put {subject} in the noise_ceiling path(s)")
@@ -155,9 +159,11 @@ class Algonauts2023:
         subjects, metas, caches = {}, {}, {}
         for subj in self.subjects:
             d = self.folder(subj)
-            sources = sorted(d.glob("*_split/*_fmri/*.npy")) + sorted((d / "roi_masks").glob("*.npy")) + self.nc_files(subj)
+            sources = [*sorted(d.glob("*_split/*_fmri/*.npy")), *sorted((d / "roi_masks").glob("*.npy")),
+                       *self.nc_files(subj)]
             if self.captions != "none" and self.nsd:
-                sources += [p for p in (self.nsd.stim_info,) if p.exists()]
+                sources += [p for p in (self.nsd.stim_info, *self.annotations.glob("captions_*2017.json"))
+                            if p.exists()]
             params = {"loader": "algonauts2023", "version": self.VERSION, "subject": subj,
                       "test_fraction": self.test_fraction, "split_seed": self.split_seed, "captions": self.captions,
                       "annotations": str(self.annotations), "images": self._listing(d)}
@@ -180,7 +186,7 @@ class Algonauts2023:
                 "ids": "0-based 73k NSD ids from the nsd-XXXXX part of the image file names",
                 "responses": "as distributed (z-scored within session by the organisers, averaged over repeats)",
                 "fingerprint": fingerprint,
-                "subjects": {n: {k: v for k, v in m.items() if not isinstance(v, np.ndarray)} for n, m in metas.items()},
+                "subjects": public_meta(metas),
                 "cache": caches, "load_seconds": round(time.perf_counter() - start, 3)}
         return Dataset(name="algonauts2023", stimuli=stimuli, subjects=subjects, info=info)
 
@@ -219,8 +225,8 @@ class Algonauts2023:
         fmri, test_fmri = drop_columns(fmri, keep), drop_columns(test_fmri, keep)
         rois, roi_info = self.rois(d, n_lh, keep)
         nc, nc_source = self.noise_ceiling(self.nc_files(subj), keep)
-        subject = Subject(name=subject_name(subj), train=Responses(train_ids, fmri), test=Responses(test_ids, test_fmri),
-                          rois=rois, noise_ceiling=nc, nc_source=nc_source)
+        subject = Subject(name=subject_name(subj), train=Responses(train_ids, fmri),
+                          test=Responses(test_ids, test_fmri), rois=rois, noise_ceiling=nc, nc_source=nc_source)
         all_ids = np.r_[train_ids, test_ids]
         captions, caption_info = self.read_captions(all_ids)
         meta = {**split, "n_train_images": len(train_ids), "n_test_images": len(test_ids),
@@ -246,7 +252,8 @@ class Algonauts2023:
             labels = [load_npy(p) for p in paths]
             for p, lab, n in zip(paths, labels, (n_lh, n_total - n_lh)):
                 if lab.shape != (n,):
-                    raise DataError(f"{p}: {lab.shape[0] if lab.ndim == 1 else lab.shape} labels, the fMRI has {n} vertices")
+                    raise DataError(f"{p}: {lab.shape[0] if lab.ndim == 1 else lab.shape} labels, "
+                                    f"the fMRI has {n} vertices")
             rois.update(label_rois(np.rint(np.concatenate(labels)).astype(np.int64), names))
         rois, empty = finish_rois({k: v[keep] for k, v in rois.items()})
         return rois, {"roi_files_missing": missing, "rois_empty": empty}
@@ -290,7 +297,8 @@ def inspect(root: Path) -> dict | None:
             entry.update(images=len(lh), vertices={"lh": lh.shape[1], "rh": rh.shape[1]})
             _, ids = image_files(d / "training_split/training_images", "train")
             if len(ids) != len(lh):
-                problems.append(f"{d / 'training_split/training_images'}: {len(ids)} images, the fMRI has {len(lh)} rows")
+                problems.append(f"{d / 'training_split/training_images'}: {len(ids)} images, "
+                                f"the fMRI has {len(lh)} rows")
             for roi_file in sorted((d / "roi_masks").glob("[lr]h.*_challenge_space.npy")):
                 n = entry["vertices"][roi_file.name[:2]]
                 if load_npy(roi_file, mmap=True).shape != (n,):
@@ -305,5 +313,5 @@ def inspect(root: Path) -> dict | None:
         entry["test_fmri"] = (d / "test_split/test_fmri").is_dir()
         report["subjects"][d.name] = entry
     if not all(e["test_fmri"] for e in report["subjects"].values()):
-        notes.append("no test fMRI (public release): the loader holds out part of the training images as the test split")
+        notes.append("no test fMRI (public release): the loader holds out part of the training images as test split")
     return report

@@ -31,8 +31,8 @@ import numpy as np
 
 from .data import Dataset, Responses, Stimuli, Subject
 from .errors import ConfigError, DataError
-from .nsd import (NSD, VOXEL_BLOCK, Layout, choice, drop_columns, existing_dir, finite_columns, gather, load_npy,
-                  read_design, short_hash, subject_list, subject_name, union_stimuli)
+from .nsd import (NSD, VOXEL_BLOCK, Layout, check_params, choice, drop_columns, existing_dir, finite_columns, gather,
+                  load_npy, read_design, public_meta, short_hash, subject_list, subject_name, union_stimuli)
 from .registry import register_dataset
 from .subject_cache import cached_subject, file_signature, resolve_cache_dir
 
@@ -88,9 +88,11 @@ class NpyImageReader:
 
 
 @register_dataset("nsd-brain-diffuser")
+@check_params
 class BrainDiffuser:
-    """brain-diffuser's ``processed_data``. Parameters: ``root``, ``subject`` (1–8, ``"subjNN"`` or a
-    list), ``expdesign`` (path to ``nsd_expdesign.mat``; default found under ``root``/``trials_root``;
+    """NSD as preprocessed by brain-diffuser (processed_data/*.npy, repeat-averaged nsdgeneral voxels).
+
+    Parameters: ``root``, ``subject`` (1–8, ``"subjNN"`` or a list), ``expdesign`` (path to ``nsd_expdesign.mat``; default found under ``root``/``trials_root``;
     ``False``: positional ids), ``trials_root`` (NSD official layout, for the noise ceiling),
     ``trials_sessions`` (37), ``beta_version`` (of the trials), ``captions`` (``auto`` | ``required`` |
     ``none``), ``cache``, ``cache_dir``."""
@@ -103,12 +105,14 @@ class BrainDiffuser:
                  beta_version: str = "betas_fithrf_GLMdenoise_RR", captions: str = "auto", cache: bool = True,
                  cache_dir=None):
         root = existing_dir(root, "nsd-brain-diffuser: root")
-        self.processed = root / "processed_data" if (root / "processed_data").is_dir() else root
-        self.root = root
+        # root is brain-diffuser's data folder (with processed_data/, maybe nsddata/) or processed_data itself
+        self.root, self.processed = (root, root / "processed_data") if (root / "processed_data").is_dir() \
+            else (root.parent, root)
         self.subjects = subject_list(subject)
         self.trials_root = existing_dir(trials_root, "nsd-brain-diffuser: trials_root") if trials_root else None
         if isinstance(trials_sessions, bool) or not isinstance(trials_sessions, int) or trials_sessions < 1:
-            raise ConfigError(f"nsd-brain-diffuser: trials_sessions must be a positive integer, got {trials_sessions!r}")
+            raise ConfigError(f"nsd-brain-diffuser: trials_sessions must be a positive integer, "
+                              f"got {trials_sessions!r}")
         self.trials_sessions, self.beta_version = trials_sessions, beta_version
         self.captions = choice("nsd-brain-diffuser: captions", captions, ("auto", "required", "none"))
         self.design_path = self._design_path(expdesign)
@@ -158,7 +162,7 @@ class BrainDiffuser:
                 "ids": f"73k ids from {self.design_path} (first-appearance order)" if self.design_path else
                        f"positional ({POSITIONAL}·subject + row, train rows first): no nsd_expdesign.mat",
                 "fingerprint": fingerprint,
-                "subjects": {n: {k: v for k, v in m.items() if not isinstance(v, np.ndarray)} for n, m in metas.items()},
+                "subjects": public_meta(metas),
                 "cache": caches, "load_seconds": round(time.perf_counter() - start, 3)}
         return Dataset(name="nsd-brain-diffuser", stimuli=stimuli, subjects=subjects, info=info)
 
@@ -269,12 +273,12 @@ class BrainDiffuser:
 
 def inspect(root: Path) -> dict | None:
     """What of brain-diffuser's ``processed_data`` is under ``root``, or None if it is not there."""
-    processed = root / "processed_data" if (root / "processed_data").is_dir() else root
+    base, processed = (root, root / "processed_data") if (root / "processed_data").is_dir() else (root.parent, root)
     folders = sorted(p.parent for p in processed.glob("subj0[1-8]/nsd_*_fmriavg_nsdgeneral_sub*.npy"))
     if not folders:
         return None
     problems, notes = [], []
-    design = Layout(root).expdesign
+    design = Layout(base).expdesign
     report = {"layout": "nsd-brain-diffuser", "description": "brain-diffuser processed_data", "root": str(root),
               "subjects": {}, "problems": problems, "notes": notes,
               "ids": f"73k ids via {design}" if design.exists() else "positional (no nsd_expdesign.mat under root)"}

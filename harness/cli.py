@@ -103,6 +103,14 @@ def cmd_cache(args) -> int:
     return 0
 
 
+def cmd_data(args) -> int:
+    from .datacheck import check_path, format_report
+
+    report = check_path(args.path)
+    print(json.dumps(report, indent=2, default=str) if args.json else format_report(report))
+    return 0 if report.get("ok", True) else 1
+
+
 def cmd_selftest(args) -> int:
     from .selftest import run_selftest
 
@@ -148,6 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("action", choices=["ls", "clear"])
     s.add_argument("--cache-dir")
     s.set_defaults(fn=cmd_cache)
+
+    s = sub.add_parser("data", help="inspect a dataset folder: layout found, sizes, problems")
+    s.add_argument("action", choices=["check"])
+    s.add_argument("path")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_data)
 
     s = sub.add_parser("selftest", help="check the installation against known synthetic truth")
     s.add_argument("--json", action="store_true", help="print one JSON object")

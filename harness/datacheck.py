@@ -67,6 +67,7 @@ def _describe(entry: dict) -> str:
         if split in entry:
             parts.append(f"{split} {entry[split]['images']} images × {entry[split]['voxels']} voxels")
     if "vertices" in entry:
-        parts.append(f"{entry['images']} training images × {entry['vertices']['lh']}+{entry['vertices']['rh']} vertices, "
-                     f"{entry['test_images']} test images, ROI classes: {', '.join(entry['roi_classes']) or 'none'}")
+        v = entry["vertices"]
+        parts.append(f"{entry['images']} training images × {v['lh']}+{v['rh']} vertices, {entry['test_images']} test "
+                     f"images, ROI classes: {', '.join(entry['roi_classes']) or 'none'}")
     return "; ".join(parts) or "nothing readable"

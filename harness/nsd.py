@@ -31,12 +31,15 @@ sessions present (a gap in the numbering raises).
 """
 from __future__ import annotations
 
+import difflib
+import functools
 import hashlib
 import json
 import logging
 import numbers
 import re
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,7 +68,8 @@ DEFAULT_LABELS = {
 COMPOSITES = {"V1": ("V1v", "V1d"), "V2": ("V2v", "V2d"), "V3": ("V3v", "V3d"), "FFA": ("FFA-1", "FFA-2"),
               "FBA": ("FBA-1", "FBA-2"), "VWFA": ("VWFA-1", "VWFA-2")}
 CHUNK_BYTES = 64 << 20  # raw betas read per block
-VOXEL_BLOCK = 2048  # voxels per block in the noise-ceiling computation
+VOXEL_BLOCK = 2048  # voxels per block in column-wise passes
+NC_BLOCK = 512  # voxels per block in the noise ceiling (ncsnr makes ~5 copies of its input block)
 
 
 # --------------------------------------------------------------------------------------------
@@ -98,6 +102,23 @@ def choice(name: str, value, options) -> str:
     if value not in options:
         raise ConfigError(f"{name} must be one of {', '.join(map(repr, options))}, got {value!r}")
     return value
+
+
+def check_params(cls):
+    """Class decorator for loaders: keyword arguments outside ``cls.accepts`` → ConfigError with a hint."""
+    init = cls.__init__
+
+    @functools.wraps(init)
+    def __init__(self, **params):
+        unknown = sorted(set(params) - set(cls.accepts))
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], cls.accepts, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f" (accepts: {', '.join(cls.accepts)})"
+            raise ConfigError(f"{getattr(cls, 'registry_name', cls.__name__)}: unknown parameter {unknown[0]!r}{hint}")
+        init(self, **params)
+
+    cls.__init__ = __init__
+    return cls
 
 
 def short_hash(obj) -> str:
@@ -185,12 +206,11 @@ class SessionFile:
             raise DataError(f"{self.path}: unreadable betas file ({e})") from None
 
     def read(self, coords: np.ndarray) -> np.ndarray:
-        """The betas of the voxels at ``coords`` (3 × V, X/Y/Z) → float32 (trials, V), ÷300 if stored as integers."""
+        """Betas of the voxels at ``coords`` (3 × V: X, Y, Z) → float32 (trials, V); ÷300 if stored as integers."""
         try:
-            out = self._read_hdf5(coords) if self.fmt == "hdf5" else self._read_nifti(coords)
-        except (OSError, ValueError) as e:
-            raise DataError(f"{self.path}: cannot read betas ({e})") from None
-        return out
+            return self._read_hdf5(coords) if self.fmt == "hdf5" else self._read_nifti(coords)
+        except (OSError, ValueError, EOFError, zlib.error) as e:  # truncated or corrupt files
+            raise DataError(f"{self.path}: cannot read betas ({type(e).__name__}: {e})") from None
 
     def _read_hdf5(self, coords):
         lo, hi = coords.min(1), coords.max(1) + 1
@@ -216,7 +236,9 @@ class SessionFile:
         for t0 in range(0, n, step):
             block = np.asanyarray(img.dataobj[..., t0:t0 + step])
             out[t0:t0 + step] = block[x, y, z, :].T
-        return _descale(out, img.get_data_dtype())
+        # a header scaling (scl_slope/scl_inter) has already been applied by nibabel: no ÷300 then
+        scaled = getattr(img.dataobj, "slope", 1.0) != 1.0 or getattr(img.dataobj, "inter", 0.0) != 0.0
+        return _descale(out, np.float32 if scaled else img.get_data_dtype())
 
 
 def _betas_dataset(f: h5py.File, path: Path):
@@ -323,6 +345,8 @@ def coco_captions(ids: np.ndarray, stim_info: Path, annotations: Path, mode: str
         table = pd.read_csv(stim_info, usecols=["nsdId", "cocoId", "cocoSplit"]).set_index("nsdId")
     except (ValueError, KeyError, OSError) as e:
         raise DataError(f"{stim_info}: unreadable stimulus table ({e})") from None
+    if not table.index.is_unique:
+        raise DataError(f"{stim_info}: nsdId values repeat")
     unknown = np.setdiff1d(ids, table.index.to_numpy())
     if unknown.size:
         raise DataError(f"{stim_info}: no row for nsdId {int(unknown[0])} ({unknown.size} ids missing)")
@@ -473,7 +497,7 @@ def average_trials(trials: np.ndarray, trial_stim: np.ndarray, block: int = 4096
     return ids, out
 
 
-def pooled_ncsnr(parts: list[Responses], block: int = VOXEL_BLOCK) -> np.ndarray:
+def pooled_ncsnr(parts: list[Responses], block: int = NC_BLOCK) -> np.ndarray:
     """ncsnr from the single trials of several splits together, voxel block by voxel block."""
     stim = np.concatenate([p.trial_stim for p in parts])
     n = parts[0].n_voxels
@@ -505,6 +529,11 @@ def finish_rois(rois: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], lis
     return {k: v for k, v in rois.items() if v.any()}, empty
 
 
+def public_meta(metas: dict[str, dict]) -> dict[str, dict]:
+    """Per-subject metadata for ``Dataset.info`` (the numpy arrays stay in the subject cache)."""
+    return {n: {k: v for k, v in m.items() if not isinstance(v, np.ndarray)} for n, m in metas.items()}
+
+
 def union_stimuli(metas: dict[str, dict]) -> tuple[np.ndarray, dict[int, list[str]]]:
     """Union of the subjects' stimulus ids (meta ``stim_ids``) and captions (meta ``captions``, popped)."""
     ids = np.unique(np.concatenate([m["stim_ids"] for m in metas.values()]))
@@ -516,10 +545,11 @@ def union_stimuli(metas: dict[str, dict]) -> tuple[np.ndarray, dict[int, list[st
 # The dataset plugin
 # --------------------------------------------------------------------------------------------
 @register_dataset("nsd")
+@check_params
 class NSD:
-    """NSD official layout. Parameters:
+    """NSD in its official layout: per-session betas (HDF5/NIfTI), nsdgeneral + ROIs, shared1000 = test.
 
-    ``root`` (folder with ``nsddata``, ``nsddata_betas``, ``nsddata_stimuli``), ``subject`` (1–8,
+    Parameters: ``root`` (folder with ``nsddata``, ``nsddata_betas``, ``nsddata_stimuli``), ``subject`` (1–8,
     ``"subjNN"`` or a list), ``sessions`` (``"all"`` present, or the first N), ``beta_version``
     (default ``betas_fithrf_GLMdenoise_RR``), ``format`` (``auto``: HDF5 where present, else
     NIfTI; or ``hdf5`` / ``nifti``), ``space`` (``func1pt8mm``), ``nan_voxels`` (``drop`` |
@@ -567,7 +597,8 @@ class NSD:
             have = found.get(n, {})
             fmt = ("hdf5" if "hdf5" in have or not have else "nifti") if self.format == "auto" else self.format
             if fmt not in have:
-                ext, alt = ("hdf5", " (nor .nii.gz)" if self.format == "auto" else "") if fmt == "hdf5" else ("nii.gz", "")
+                ext = "hdf5" if fmt == "hdf5" else "nii.gz"
+                alt = " (nor .nii.gz)" if self.format == "auto" else ""
                 raise DataError(f"{folder / f'betas_session{n:02d}.{ext}'}: missing session{alt} "
                                 f"(sessions={self.sessions!r}, format={self.format!r})")
             files.append(SessionFile(have[fmt], fmt))
@@ -602,8 +633,7 @@ class NSD:
                 "voxels": "nsdgeneral > 0, NIfTI (X, Y, Z) C order",
                 "test_split": "shared1000 (masterordering ≤ len(sharedix))",
                 "images": str(self.layout.imgbrick), "fingerprint": fingerprint,
-                "subjects": {n: {k: v for k, v in m.items() if k != "stim_ids" and not isinstance(v, np.ndarray)}
-                             for n, m in metas.items()},
+                "subjects": public_meta(metas),
                 "cache": caches, "load_seconds": round(time.perf_counter() - start, 3)}
         return Dataset(name="nsd", stimuli=stimuli, subjects=subjects, info=info)
 
@@ -634,14 +664,39 @@ class NSD:
                             f"{'test (shared)' if not trial_test.any() else 'training'} trials")
         captions, caption_info = coco_captions(np.unique(trial_ids), self.layout.stim_info, self.annotations,
                                                self.captions)
+        split_trials, bad, notes = self.read_sessions(files, counts, coords, trial_test)
+        keep = ~bad
+        responses = {}
+        for split, sel in (("train", ~trial_test), ("test", trial_test)):
+            trials = drop_columns(split_trials.pop(split), keep)
+            ids, averaged = average_trials(trials, trial_ids[sel])
+            responses[split] = Responses(ids, averaged, trials, trial_ids[sel])
+        coords = coords[:, keep]
+        rois, roi_info = self.rois(subj, general.shape, coords)
+        nc, nc_source = test_noise_ceiling(responses["train"], responses["test"])
+        subject = Subject(name=name, train=responses["train"], test=responses["test"], rois=rois,
+                          noise_ceiling=nc, nc_source=nc_source)
+        meta = {"sessions": [int(SESSION_RE.match(f.path.name).group(1)) for f in files],
+                "sessions_in_nsd": SESSIONS[subj], "formats": sorted({f.fmt for f in files}),
+                "trials": int(sum(counts)), "n_voxels": int(keep.sum()), "volume": list(general.shape),
+                "n_train_images": len(responses["train"].stim_ids), "n_test_images": len(responses["test"].stim_ids),
+                "nan_voxels": {"handling": self.nan_voxels, "dropped": int(bad.sum()), "files": notes["nan_files"]},
+                "constant_in_a_session_voxels": int((notes["constant"] & keep).sum()), **roi_info,
+                "noise_ceiling": nc_source, "captions_info": caption_info, "captions": captions,
+                "stim_ids": np.unique(trial_ids), "voxel_xyz": coords.T.astype(np.int16)}
+        return subject, meta
+
+    def read_sessions(self, files, counts, coords, trial_test) -> tuple[dict[str, np.ndarray], np.ndarray, dict]:
+        """Session by session: read, z-score, and write the trials into preallocated split matrices.
+
+        Returns the split matrices, the voxels with NaN/inf betas, and notes for the metadata."""
         n_vox = coords.shape[1]
-        split_trials = {True: np.empty((int(trial_test.sum()), n_vox), np.float32),
-                        False: np.empty((int((~trial_test).sum()), n_vox), np.float32)}
-        filled = {True: 0, False: 0}
-        bad = np.zeros(n_vox, dtype=bool)
-        bad_files, constant, offset = [], np.zeros(n_vox, dtype=bool), 0
+        out = {split: np.empty((int(n), n_vox), np.float32)
+               for split, n in (("train", (~trial_test).sum()), ("test", trial_test.sum()))}
+        filled = {"train": 0, "test": 0}
+        bad, constant, nan_files, offset = np.zeros(n_vox, bool), np.zeros(n_vox, bool), [], 0
         for f, n in zip(files, counts):
-            log.info("%s: reading %s", name, f.path)
+            log.info("reading %s", f.path)
             block = f.read(coords)
             finite = np.isfinite(block).all(0)
             if not finite.all():
@@ -649,37 +704,17 @@ class NSD:
                     raise DataError(f"{f.path}: {int((~finite).sum())} nsdgeneral voxels have NaN/inf betas "
                                     "(nan_voxels='error'; 'drop' excludes them)")
                 bad |= ~finite
-                bad_files.append(f.path.name)
+                nan_files.append(f.path.name)
             constant |= block.min(0) == block.max(0)
             z = zscore_within_sessions(block, np.zeros(n))
             del block
             test = trial_test[offset:offset + n]
-            for flag in (True, False):
-                rows = z[test == flag]
-                split_trials[flag][filled[flag]:filled[flag] + len(rows)] = rows
-                filled[flag] += len(rows)
+            for split, sel in (("train", ~test), ("test", test)):
+                rows = z[sel]
+                out[split][filled[split]:filled[split] + len(rows)] = rows
+                filled[split] += len(rows)
             offset += n
-        keep = ~bad
-        responses = {}
-        for flag in (False, True):
-            trials = drop_columns(split_trials.pop(flag), keep)
-            stim = trial_ids[trial_test == flag]
-            ids, averaged = average_trials(trials, stim)
-            responses[flag] = Responses(ids, averaged, trials, stim)
-        coords = coords[:, keep]
-        rois, roi_info = self.rois(subj, general.shape, coords)
-        nc, nc_source = test_noise_ceiling(responses[False], responses[True])
-        subject = Subject(name=name, train=responses[False], test=responses[True], rois=rois,
-                          noise_ceiling=nc, nc_source=nc_source)
-        meta = {"sessions": [int(SESSION_RE.match(f.path.name).group(1)) for f in files],
-                "sessions_in_nsd": SESSIONS[subj], "formats": sorted({f.fmt for f in files}),
-                "trials": int(sum(counts)), "n_voxels": int(keep.sum()), "volume": list(general.shape),
-                "n_train_images": len(responses[False].stim_ids), "n_test_images": len(responses[True].stim_ids),
-                "nan_voxels": {"handling": self.nan_voxels, "dropped": int(bad.sum()), "files": bad_files},
-                "constant_in_a_session_voxels": int((constant & keep).sum()), **roi_info,
-                "noise_ceiling": nc_source, "captions_info": caption_info, "captions": captions,
-                "stim_ids": np.unique(trial_ids), "voxel_xyz": coords.T.astype(np.int16)}
-        return subject, meta
+        return out, bad, {"nan_files": nan_files, "constant": constant}
 
     def rois(self, subj: int, shape, coords: np.ndarray) -> tuple[dict[str, np.ndarray], dict]:
         rois = {"nsdgeneral": np.ones(coords.shape[1], dtype=bool)}

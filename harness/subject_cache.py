@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import secrets
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
@@ -63,37 +64,45 @@ def subject_key(params: dict, sources) -> tuple[str, str]:
     return hashlib.sha256(blob.encode()).hexdigest()[:20], blob
 
 
-def save_subject(path: Path, subject: Subject, meta: dict, key_blob: str = "") -> Path:
-    """Write ``subject`` and ``meta`` atomically to ``path``."""
+@contextmanager
+def atomic_h5(path: Path):
+    """``with atomic_h5(path) as f:`` writes an HDF5 file under a temporary name, marks it
+    ``complete`` and renames it to ``path`` when the block ends without error (else deletes it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
     try:
         with h5py.File(tmp, "w") as f:
-            f.attrs.update(format=FORMAT, format_version=FORMAT_VERSION, key=key_blob)
-            g = f.create_group("subject")
-            g.attrs.update(name=subject.name, nc_source=subject.nc_source)
-            for split in ("train", "test"):
-                r: Responses = getattr(subject, split)
-                sg = g.create_group(split)
-                sg["stim_ids"], sg["averaged"] = r.stim_ids, r.averaged
-                if r.trials is not None:
-                    sg["trials"], sg["trial_stim"] = r.trials, r.trial_stim
-            rg = g.create_group("rois")
-            for name, mask in subject.rois.items():
-                rg[name] = mask
-            if subject.noise_ceiling is not None:
-                g["noise_ceiling"] = subject.noise_ceiling
-            arrays = {k: v for k, v in meta.items() if isinstance(v, np.ndarray)}
-            rest = {k: v for k, v in meta.items() if k not in arrays}
-            f.create_dataset("meta_json", data=json.dumps(rest, default=_json_default), dtype=h5py.string_dtype())
-            ag = f.create_group("arrays")
-            for k, v in arrays.items():
-                ag[k] = v
+            yield f
             f.attrs["complete"] = True
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def save_subject(path: Path, subject: Subject, meta: dict, key_blob: str = "") -> Path:
+    """Write ``subject`` and ``meta`` atomically to ``path``."""
+    with atomic_h5(path) as f:
+        f.attrs.update(format=FORMAT, format_version=FORMAT_VERSION, key=key_blob)
+        g = f.create_group("subject")
+        g.attrs.update(name=subject.name, nc_source=subject.nc_source)
+        for split in ("train", "test"):
+            r: Responses = getattr(subject, split)
+            sg = g.create_group(split)
+            sg["stim_ids"], sg["averaged"] = r.stim_ids, r.averaged
+            if r.trials is not None:
+                sg["trials"], sg["trial_stim"] = r.trials, r.trial_stim
+        rg = g.create_group("rois")
+        for name, mask in subject.rois.items():
+            rg[name] = mask
+        if subject.noise_ceiling is not None:
+            g["noise_ceiling"] = subject.noise_ceiling
+        arrays = {k: v for k, v in meta.items() if isinstance(v, np.ndarray)}
+        rest = {k: v for k, v in meta.items() if k not in arrays}
+        f.create_dataset("meta_json", data=json.dumps(rest, default=_json_default), dtype=h5py.string_dtype())
+        ag = f.create_group("arrays")
+        for k, v in arrays.items():
+            ag[k] = v
     return path
 
 

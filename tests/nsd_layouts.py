@@ -198,7 +198,8 @@ def _write_coco(folder: Path, n_images: int):
     folder.mkdir(parents=True, exist_ok=True)
     for split in ("train2017", "val2017"):
         ids = [i for i in range(n_images) if (i % 5 == 0) == (split == "val2017")]
-        anns = [{"id": 10 * i + k, "image_id": 100000 + 7 * i, "caption": coco_caption(i, k)} for i in ids for k in range(5)]
+        anns = [{"id": 10 * i + k, "image_id": 100000 + 7 * i, "caption": coco_caption(i, k)}
+                for i in ids for k in range(5)]
         anns += [{"id": 10 * i + 9, "image_id": 100000 + 7 * i, "caption": coco_caption(i, 0) + " "} for i in ids]
         data = {"info": {}, "images": [{"id": 100000 + 7 * i} for i in ids], "annotations": anns}
         (folder / f"captions_{split}.json").write_text(json.dumps(data))

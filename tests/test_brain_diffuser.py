@@ -50,8 +50,8 @@ def test_trials_from_the_official_layout_give_the_nsd_noise_ceiling(mini, tmp_pa
     s = ds.subject("subj01")
     np.testing.assert_allclose(s.noise_ceiling / 100, independent_noise_ceiling(nsd.subjects[1]) / 100, atol=1e-6)
     assert len(s.test.trial_stim) == nsd.subjects[1].trial_test.sum() and "NSD single trials" in s.nc_source
-    cfg = tiny_config(tmp_path, dataset={"name": "nsd-brain-diffuser", "root": str(nsd.root), "trials_root": str(nsd.root),
-                                         "trials_sessions": 4},
+    dataset = {"name": "nsd-brain-diffuser", "root": str(nsd.root), "trials_root": str(nsd.root), "trials_sessions": 4}
+    cfg = tiny_config(tmp_path, dataset=dataset,
                       backbones=[{"name": "pixels", "size": 8}], tasks=[{"name": "encoding", "nc_threshold": 5}])
     (rec,) = Runner(cfg, progress=False).run()
     assert rec["main_score"] == "median_nc_r2" and rec["scores"]["median_nc_r2"] > 20

@@ -54,3 +54,11 @@ def test_algonauts_and_unknown_folders(tmp_path):
     assert not empty["ok"] and "not a folder" in empty["problems"][0]
     (tmp_path / "empty").mkdir()
     assert "no known layout" in format_report(check_path(tmp_path / "empty"))
+
+
+def test_cli_data_check_reports_layout(tmp_path, capsys):
+    from harness.cli import main
+
+    assert main(["data", "check", str(tmp_path)]) in (0, 1)
+    out = capsys.readouterr().out
+    assert str(tmp_path) in out

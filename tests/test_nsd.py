@@ -225,6 +225,7 @@ def test_nan_voxels_are_dropped_and_recorded_or_raise(tmp_path):
 @pytest.mark.parametrize("params, needle", [
     ({"subject": 9}, "subject must be 1..8"), ({"sessions": 0}, "sessions must be"),
     ({"format": "mat"}, "format must be one of"), ({"nan_voxels": "zero"}, "nan_voxels must be one of"),
+    ({"subjetc": 1}, "nsd: unknown parameter 'subjetc'; did you mean 'subject'"),
 ])
 def test_bad_parameters(mini, params, needle):
     with pytest.raises(ConfigError, match=needle):
