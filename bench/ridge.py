@@ -54,8 +54,11 @@ K_FOLDS = 5
 
 
 # -- data --------------------------------------------------------------------------------
-def make_data(n, p, t, n_test, seed=0):
-    """Low-rank latent signal + noise; features with offsets; targets with varying SNR."""
+def make_data(n, p, t, n_test, seed=0, feature_decay=0.0):
+    """Low-rank latent signal + noise; features with offsets; targets with varying SNR.
+
+    ``feature_decay`` > 0 gives the feature noise a power-law spectrum (column j scaled by
+    (1+j)^-decay, mean variance kept at 1; ridge is rotation-invariant, so no rotation is needed)."""
     rng = np.random.default_rng(seed)
     N = n + n_test
     r = int(max(8, min(128, n // 8, p // 4)))
@@ -63,6 +66,9 @@ def make_data(n, p, t, n_test, seed=0):
     spec = (1.0 + np.arange(r, dtype=np.float32)) ** -0.5  # decaying latent spectrum
     A = rng.standard_normal((r, p), dtype=np.float32) * (spec / np.sqrt((spec ** 2).sum()))[:, None]
     X = rng.standard_normal((N, p), dtype=np.float32)  # feature noise, variance 1
+    if feature_decay:
+        w = (1.0 + np.arange(p)) ** -feature_decay
+        X *= (w * np.sqrt(p / (w ** 2).sum())).astype(np.float32)
     X += Z @ A  # feature signal, variance ~1
     X += rng.standard_normal(p, dtype=np.float32)  # non-zero feature means
     S = Z @ (rng.standard_normal((r, t), dtype=np.float32) * spec[:, None])
@@ -133,12 +139,13 @@ PHASES: dict[str, dict] = {}
 @contextmanager
 def phase(name, mem: Memory, **info):
     mem.start()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     rec = dict(info)
     yield rec
     if mem.cuda:
         torch.cuda.synchronize()
     rec["seconds"] = round(time.perf_counter() - t0, 3)
+    rec["cpu_seconds"] = round(time.process_time() - c0, 3)  # all threads; robust to other load
     rec.update(mem.stop())
     PHASES[name] = rec
 
@@ -150,6 +157,7 @@ def log(msg=""):
 # -- the three implementations ---------------------------------------------------------
 def run_harness(Xtr, Ytr, Xte, alphas, cv, device, target_batch):
     m = RidgeCV(alphas, cv=cv, device=device, target_batch=target_batch).fit(Xtr, Ytr)
+    run_harness.kept = m.decomposition_.eigvals.numel()  # eigen-directions kept (rank after truncation)
     return m.predict(Xte), m.best_alphas_.cpu().numpy()
 
 
@@ -210,7 +218,9 @@ def on_targets(name, fn, t, t_sub, mem, Ytr):
         pred, best = fn(np.ascontiguousarray(Ytr[:, :t_sub]))
     per_target = max(0.0, (r2["seconds"] - r1["seconds"]) / (t_sub - t1))
     est = r2["seconds"] + per_target * (t - t_sub)
+    cpu_slope = max(0.0, (r2["cpu_seconds"] - r1["cpu_seconds"]) / (t_sub - t1))
     PHASES[name] = dict(targets=t, extrapolated=True, seconds=round(est, 3),
+                        cpu_seconds=round(r2["cpu_seconds"] + cpu_slope * (t - t_sub), 3),
                         how=f"measured on {t1} and {t_sub} targets ({r1['seconds']:.2f}s, {r2['seconds']:.2f}s), "
                             f"extrapolated linearly in t: fixed {r2['seconds'] - per_target * t_sub:.2f}s "
                             f"+ {per_target * 1e3:.3f} ms/target x {t}")
@@ -218,7 +228,7 @@ def on_targets(name, fn, t, t_sub, mem, Ytr):
 
 
 # -- cost model (to pick a size that fits) ---------------------------------------------
-def calibrate(device):
+def calibrate(device, quick=False):
     """Rough device speed: float32/float64 matmul GFLOP/s and float64/float32 eigh time / m³."""
     out = {}
     for dt in (torch.float32, torch.float64):
@@ -230,7 +240,7 @@ def calibrate(device):
         a @ a
         _sync(device)
         out["gflops" + ("32" if dt == torch.float32 else "64")] = 2 * m ** 3 / (time.perf_counter() - t0) / 1e9
-        m = 1024 if device.type == "cpu" else 4096
+        m = (1024 if quick else 2048) if device.type == "cpu" else 4096
         g = torch.randn(m, m, device=device, dtype=dt)
         g = g @ g.T
         torch.linalg.eigh(g)
@@ -311,7 +321,7 @@ def choose_size(args, device, cal):
     reasons = []
     while cost(size) > args.budget_min or (avail and estimate_bytes(size["n"], size["p"], size["t"], n_test_for(size["n"]), args.ref_t) > 0.8 * avail):
         if size["t"] > 4096:
-            size["t"] //= 2
+            size["t"] = max(4096, size["t"] // 2)
         elif size["n"] > 500:
             size["n"], size["p"] = int(size["n"] * 0.85), int(size["p"] * 0.85)
         else:
@@ -385,7 +395,10 @@ def main(argv=None):
     ap.add_argument("--target-batch", type=int, default=4096)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--feature-decay", type=float, default=0.0,
+                    help="power-law exponent of the feature-noise spectrum (0 = isotropic noise, the default)")
     ap.add_argument("--skip", default="", help="comma list of: sklearn, himalaya, sweep")
+    ap.add_argument("--dry-run", action="store_true", help="print the chosen size and the time estimate, then exit")
     args = ap.parse_args(argv)
     args.alpha_list = parse_alphas(args.alphas)
     if args.ref_t is None:
@@ -397,9 +410,9 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    t_start = time.perf_counter()
+    t_start, load_start = time.perf_counter(), round(os.getloadavg()[0], 2)
 
-    cal = calibrate(device)
+    cal = calibrate(device, args.quick)
     size, why = choose_size(args, device, cal)
     n, p, t = size["n"], size["p"], size["t"]
     n_test, alphas, ref_t = n_test_for(n), args.alpha_list, min(args.ref_t, size["t"])
@@ -412,10 +425,13 @@ def main(argv=None):
         f"cores={os.cpu_count()}; calibration: {cal['gflops32']:.0f} GFLOP/s fp32, {cal['gflops64']:.0f} fp64")
     log(f"  estimated run time {sum(est.values()) / 60:.1f} min (rough flop model), "
         f"peak RAM ~{estimate_bytes(n, p, t, n_test, ref_t) / 2 ** 30:.1f} GB")
+    log("  estimate per phase (s): " + ", ".join(f"{k} {v:.0f}" for k, v in est.items()))
+    if args.dry_run:
+        return
 
     mem = Memory(device)
     with phase("data", mem):
-        Xtr, Ytr, Xte, Yte, snr = make_data(n, p, t, n_test, args.seed)
+        Xtr, Ytr, Xte, Yte, snr = make_data(n, p, t, n_test, args.seed, args.feature_decay)
     log(f"  data generated in {PHASES['data']['seconds']:.1f}s (X {Xtr.nbytes / 2 ** 20:.0f} MB, Y {Ytr.nbytes / 2 ** 20:.0f} MB train)")
 
     # warm-up: first-call overheads (kernels, lazy imports) are not part of the timings
@@ -435,7 +451,8 @@ def main(argv=None):
     for name, cv in (("harness_gcv", "gcv"), ("harness_loo", "loo"), ("harness_cv5", K_FOLDS)):
         with phase(name, mem, targets=t, extrapolated=False):
             res[name] = run_harness(Xtr, Ytr, Xte, alphas, cv, device, args.target_batch)
-        log(f"  {name:12s} {PHASES[name]['seconds']:8.2f} s   {_mem_str(PHASES[name])}")
+        log(f"  {name:12s} {PHASES[name]['seconds']:8.2f} s (cpu {PHASES[name]['cpu_seconds']:.1f} s)   "
+            f"{_mem_str(PHASES[name])}")
 
     if "sklearn" not in skip:
         log(f"\n[scikit-learn] RidgeCV(alphas, alpha_per_target=True) (exact LOO, float64 inside), "
@@ -459,13 +476,20 @@ def main(argv=None):
         sweep = run_sweep(Xtr, Ytr, Xte, alphas, args, device, mem)
 
     # -- summary ---------------------------------------------------------------------
+    C = {k: PHASES[k]["cpu_seconds"] for k in ("harness_gcv", "harness_loo", "harness_cv5", "sklearn", "himalaya") if k in PHASES}
     T = {k: PHASES[k]["seconds"] for k in ("harness_gcv", "harness_loo", "harness_cv5", "sklearn", "himalaya") if k in PHASES}
+    load = [round(x, 2) for x in os.getloadavg()]
     out = dict(scale=scale, scale_reason=why, n=n, p=p, t=t, n_test=n_test, n_alphas=len(alphas),
                alphas=[float(f"{a:.6g}") for a in alphas], mode="dual" if n < p else "primal",
                device=str(device), torch_threads=torch.get_num_threads(), dtype="float32",
                time_harness_gcv_s=T["harness_gcv"], time_harness_loo_s=T["harness_loo"],
                time_harness_cv5_s=T["harness_cv5"])
+    rank = min(n - 1, p)  # rank of the centred training features
+    out.update(harness_eigen_directions_kept=run_harness.kept, centred_feature_rank=rank)
     log("\n[summary]")
+    log(f"  harness Decomposition kept {run_harness.kept} of {rank} eigen-directions"
+        + ("" if run_harness.kept >= rank else " (the rest fell under its float32 truncation tolerance "
+           "s.max * max(n, p) * eps32; they are missing from every harness fit)"))
     r2s = {k: float(np.median(r2(res[k][0], Yte))) for k in ("harness_gcv", "harness_loo", "harness_cv5")}
     agree_gl = float(same_alpha(res["harness_gcv"][1], res["harness_loo"][1]).mean())
     out.update(median_test_r2={k: round(v, 4) for k, v in r2s.items()}, alpha_agreement_gcv_vs_loo=round(agree_gl, 4))
@@ -488,12 +512,15 @@ def main(argv=None):
                     f"alpha_agreement_{ref}": round(float(agree.mean()), 6), f"targets_compared_{ref}": tc,
                     f"time_{ref}_s": T[ref], f"time_{ref}_extrapolated": extra,
                     f"speedup_vs_{ref}": round(T[ref] / T[mine], 2),
-                    f"speedup_gcv_vs_{ref}": round(T[ref] / T["harness_gcv"], 2)})
+                    f"speedup_gcv_vs_{ref}": round(T[ref] / T["harness_gcv"], 2),
+                    f"speedup_vs_{ref}_cpu_time": round(C[ref] / C[mine], 2),
+                    f"speedup_gcv_vs_{ref}_cpu_time": round(C[ref] / C["harness_gcv"], 2)})
         lab = " (EXTRAPOLATED time)" if extra else ""
         log(f"  vs {ref:9s}: {mode_t}: max rel pred diff {d_all:.2e} (over targets with the same alpha "
             f"{d_same:.2e}); same alpha for {100 * agree.mean():.2f}% of {tc} targets")
         log(f"               speed-up {mode_t} {T[ref] / T[mine]:.2f}x, harness GCV {T[ref] / T['harness_gcv']:.2f}x"
-            f" ({ref} {T[ref]:.2f}s{lab}, {mode_t} {T[mine]:.2f}s, harness GCV {T['harness_gcv']:.2f}s)")
+            f" ({ref} {T[ref]:.2f}s{lab}, {mode_t} {T[mine]:.2f}s, harness GCV {T['harness_gcv']:.2f}s); "
+            f"by CPU time {C[ref] / C[mine]:.2f}x and {C[ref] / C['harness_gcv']:.2f}x")
     if "himalaya" in res:
         out.update(himalaya_backend=hb, himalaya_cv=hcv_note)
     out.update(sweep)
@@ -507,7 +534,11 @@ def main(argv=None):
                ru_maxrss_mb=round(max(peaks + [mem.maxrss0]), 1),
                estimated_total_min=round(sum(est.values()) / 60, 2),
                phases={k: {kk: v for kk, v in rec.items() if "mb" not in kk} for k, rec in PHASES.items()},
-               total_wall_s=round(time.perf_counter() - t_start, 1))
+               total_wall_s=round(time.perf_counter() - t_start, 1),
+               load_avg_1m_start=load_start, load_avg_1m_end=load[0], feature_decay=args.feature_decay)
+    if max(load_start, load[0]) > 1.5 * (os.cpu_count() or 1):
+        log(f"  WARNING: the machine was busy (1-min load average {load_start} at start, {load[0]} at the end, "
+            f"{os.cpu_count()} cores): timings are inflated by other processes")
     log(f"  process peak RSS (ru_maxrss) {out['ru_maxrss_mb']:.0f} MB; total wall {out['total_wall_s']:.1f}s "
         f"(estimated {out['estimated_total_min'] * 60:.0f}s)")
     print(json.dumps(out), flush=True)
@@ -544,11 +575,12 @@ def run_sweep(Xtr, Ytr, Xte, alphas, args, device, mem):
     log(f"  {k} independent fits:        {t_ind:.2f}s" +
         (f" (EXTRAPOLATED: {k_ind} measured in {PHASES['sweep_independent']['seconds']:.2f}s, x{k}/{k_ind})" if extra else "") +
         f"   {_mem_str(PHASES['sweep_independent'])}")
-    log(f"  sweep speed-up {t_ind / t_reuse:.2f}x; reuse vs independent: max rel pred diff {max(diffs):.1e}, "
+    c_reuse, c_ind = PHASES["sweep_reuse"]["cpu_seconds"], PHASES["sweep_independent"]["cpu_seconds"] * k / k_ind
+    log(f"  sweep speed-up {t_ind / t_reuse:.2f}x (by CPU time {c_ind / c_reuse:.2f}x); reuse vs independent: max rel pred diff {max(diffs):.1e}, "
         f"same alphas {100 * min(same):.1f}%")
     return dict(sweep_k=k, sweep_time_reuse_s=t_reuse, sweep_time_independent_s=round(t_ind, 3),
                 sweep_independent_extrapolated=extra, sweep_independent_measured=k_ind,
-                sweep_speedup=round(t_ind / t_reuse, 2), sweep_max_rel_diff_reuse_vs_fresh=max(diffs),
+                sweep_speedup=round(t_ind / t_reuse, 2), sweep_speedup_cpu_time=round(c_ind / c_reuse, 2), sweep_max_rel_diff_reuse_vs_fresh=max(diffs),
                 sweep_alpha_agreement_reuse_vs_fresh=min(same))
 
 
