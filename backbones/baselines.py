@@ -15,36 +15,67 @@ from harness.registry import register_backbone
 
 @register_backbone("oracle")
 class Oracle(Backbone):
-    """The generating features of the synthetic dataset (layers ``low``, ``category``, ``all``).
+    """The generating features of the synthetic dataset (layers ``low``, ``category``, ``all``,
+    and the known-truth hierarchy ``mix.0`` … ``mix.<K>``).
 
     ``shuffle_seed`` permutes which stimulus's features each stimulus gets — the same
     permutation for train and test — a control that must score at chance.
+
+    ``mix.k`` (``mix_layers`` = K + 1 of them, ``w_k = k/K``) is a multi-layer oracle whose
+    brain-to-layer map is known: ``[√(1−w_k)·low(i) + √w_k·low(j), √w_k·cat(i) + √(1−w_k)·cat(j)]``
+    with ``j`` the partner of stimulus ``i`` under a fixed derangement (no stimulus is its own
+    partner). Each block keeps its dimensions and covariance; only the share of stimulus-specific
+    signal moves, from low-level (``mix.0``) to category (``mix.K``). As the partner's features
+    have the same covariance as the signal, no linear read-out can separate them: a voxel whose
+    signal variance is a share ``f`` low-level has an expected R² ∝ ``f·(1−w_k) + (1−f)·w_k``,
+    linear in ``w_k``. So voxels with ``f > ½`` (V1–hV4 on the synthetic data) map to ``mix.0``
+    and the category ROIs (``f ≤ 0.35``) to ``mix.K``.
     """
 
     family = "baseline"
-    layers_doc = "low, category, all"
+    layers_doc = "low, category, all, mix.0..mix.K"
+    DERANGEMENT_SEED = 20240603  # fixed: the partner stimuli of the mix layers
 
-    def __init__(self, shuffle_seed: int | None = None, **kw):
-        self.shuffle_seed = shuffle_seed
+    def __init__(self, shuffle_seed: int | None = None, mix_layers: int = 5, **kw):
+        if not isinstance(mix_layers, int) or isinstance(mix_layers, bool) or mix_layers < 2:
+            raise ConfigError(f"oracle: mix_layers must be an integer ≥ 2, got {mix_layers!r}")
+        self.shuffle_seed, self.mix_layers = shuffle_seed, mix_layers
         super().__init__(**kw)
 
     def layers(self):
-        return ["low", "category", "all"]
+        return ["low", "category", "all"] + [f"mix.{k}" for k in range(self.mix_layers)]
+
+    def default_layer(self):
+        return "all"
 
     def identity(self):
-        return {**super().identity(), "shuffle_seed": self.shuffle_seed}
+        return {**super().identity(), "shuffle_seed": self.shuffle_seed, "mix_layers": self.mix_layers}
 
     def describe_instance(self):
         return {**super().describe_instance(), "shuffle_seed": self.shuffle_seed}
 
-    def encode(self, batch: StimulusBatch, layer: str) -> np.ndarray:
-        table = batch.stimuli.extras.get(f"features_{layer}")
+    @staticmethod
+    def _table(stimuli, name: str) -> np.ndarray:
+        table = stimuli.extras.get(f"features_{name}")
         if table is None:
             raise DataError("the oracle backbone needs a dataset with generating features (the synthetic one)")
+        return table
+
+    def encode(self, batch: StimulusBatch, layer: str) -> np.ndarray:
         rows = batch.stimuli.rows(batch.ids)
+        n = len(batch.stimuli)
         if self.shuffle_seed is not None:
-            rows = np.random.default_rng(self.shuffle_seed).permutation(len(batch.stimuli))[rows]
-        return table[rows]
+            rows = np.random.default_rng(self.shuffle_seed).permutation(n)[rows]
+        if not layer.startswith("mix."):
+            return self._table(batch.stimuli, layer)[rows]
+        w = int(layer.split(".", 1)[1]) / (self.mix_layers - 1)
+        order = np.random.default_rng(self.DERANGEMENT_SEED).permutation(n)
+        partner = np.empty(n, dtype=np.int64)
+        partner[order] = np.roll(order, -1)  # one cycle through all stimuli: nobody is their own partner
+        low, cat = self._table(batch.stimuli, "low"), self._table(batch.stimuli, "category")
+        other = partner[rows]
+        return np.concatenate([np.sqrt(1 - w) * low[rows] + np.sqrt(w) * low[other],
+                               np.sqrt(w) * cat[rows] + np.sqrt(1 - w) * cat[other]], 1).astype(np.float32)
 
 
 @register_backbone("pixels")

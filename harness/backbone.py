@@ -126,5 +126,14 @@ class Backbone:
         """Features of ``batch`` at ``layer`` with this backbone's read-out → (batch, ...)."""
         raise NotImplementedError
 
+    def encode_layers(self, batch: StimulusBatch, layers) -> dict[str, np.ndarray]:
+        """Features of ``batch`` at each of ``layers`` → ``{layer: (batch, ...)}``.
+
+        The default calls :meth:`encode` once per layer. Override it where one forward pass
+        yields every layer (e.g. timm/open_clip ``forward_intermediates``): the feature cache
+        extracts several layers through it in a single pass over the stimuli.
+        """
+        return {layer: self.encode(batch, layer) for layer in dict.fromkeys(layers)}
+
     def encode_text(self, texts: list[str]) -> np.ndarray:
         raise ConfigError(f"backbone {self.registry_name} has no text modality")

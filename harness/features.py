@@ -6,6 +6,10 @@ how many rows are complete after every batch, so an interrupted extraction resum
 last complete batch; the finished file is renamed into place. A file lock serialises
 concurrent workers on the same key. When the backbone cannot state its identity completely
 (``identity() is None``) nothing is cached.
+
+:meth:`FeatureCache.features_multi` extracts several layers in one pass over the stimuli
+(``Backbone.encode_layers``: one forward pass per batch where the backbone supports it) and
+still writes one file per layer, each resumable on its own.
 """
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ import json
 import os
 import shutil
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import h5py
@@ -23,7 +27,7 @@ import numpy as np
 
 from .backbone import Backbone, StimulusBatch
 from .data import Stimuli
-from .errors import DataError
+from .errors import DataError, HarnessError
 
 
 def default_cache_dir() -> Path:
@@ -65,22 +69,42 @@ class FeatureCache:
                  progress: bool = False) -> tuple[np.ndarray, dict]:
         """Features of ``ids`` (rows in the order given) and info on how they were obtained."""
         layer = layer or backbone.layer
+        feats, info = self.features_multi(backbone, stimuli, ids, [layer], progress)
+        return feats[layer], info[layer]
+
+    def features_multi(self, backbone: Backbone, stimuli: Stimuli, ids: np.ndarray, layers,
+                       progress: bool = False) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
+        """Features of ``ids`` at each of ``layers`` → ``({layer: array}, {layer: info})``.
+
+        The layers not yet cached are extracted in **one** pass over the stimuli through
+        :meth:`Backbone.encode_layers` (one forward pass per batch for backbones that override
+        it); each layer is its own cache file, written and resumed exactly like a single layer.
+        """
+        layers = list(dict.fromkeys(layers or [backbone.layer]))
         ids = np.asarray(ids, dtype=np.int64)
-        parts = self.key_parts(backbone, stimuli, ids, layer)
         start = time.perf_counter()
-        if parts is None:
-            feats = _extract(backbone, stimuli, ids, layer, None, progress)
-            return feats, {"cache": "disabled (incomplete identity)", "seconds": time.perf_counter() - start}
-        key = cache_key(parts)
-        final = self.root / f"{key}.h5"
-        status = "hit"
-        if not final.exists():
-            with _locked(self.root / f"{key}.lock"):
-                if not final.exists():  # another worker may have finished it meanwhile
-                    status = _extract(backbone, stimuli, ids, layer, final, progress, parts)
-        with h5py.File(final, "r") as f:
-            feats = f["features"][:]
-        return feats, {"cache": status, "key": key, "seconds": time.perf_counter() - start}
+        parts = {layer: self.key_parts(backbone, stimuli, ids, layer) for layer in layers}
+        if any(p is None for p in parts.values()):
+            feats = _extract(backbone, stimuli, ids, dict.fromkeys(layers), progress)
+            info = {"cache": "disabled (incomplete identity)", "seconds": time.perf_counter() - start}
+            return feats, {layer: dict(info) for layer in layers}
+        keys = {layer: cache_key(p) for layer, p in parts.items()}
+        finals = {layer: self.root / f"{key}.h5" for layer, key in keys.items()}
+        status = dict.fromkeys(layers, "hit")
+        missing = [layer for layer in layers if not finals[layer].exists()]
+        if missing:
+            with ExitStack() as locks:
+                for layer in sorted(missing, key=keys.get):  # a fixed order: no deadlock between workers
+                    locks.enter_context(_locked(self.root / f"{keys[layer]}.lock"))
+                todo = {layer: finals[layer] for layer in missing if not finals[layer].exists()}
+                if todo:  # another worker may have finished some meanwhile
+                    status.update(_extract(backbone, stimuli, ids, todo, progress, parts))
+        feats = {}
+        for layer in layers:
+            with h5py.File(finals[layer], "r") as f:
+                feats[layer] = f["features"][:]
+        seconds = time.perf_counter() - start
+        return feats, {layer: {"cache": status[layer], "key": keys[layer], "seconds": seconds} for layer in layers}
 
     def entries(self) -> list[dict]:
         out = []
@@ -102,40 +126,70 @@ class FeatureCache:
         return n
 
 
-def _extract(backbone, stimuli, ids, layer, final: Path | None, progress: bool, parts: dict | None = None):
-    """Run the backbone batch by batch; with ``final`` write/resume the HDF5 cache file."""
+def _encode(backbone: Backbone, batch: StimulusBatch, layers: list[str]) -> dict[str, np.ndarray]:
+    out = backbone.encode_layers(batch, layers)
+    missing = [layer for layer in layers if layer not in out]
+    if missing:
+        raise HarnessError(f"backbone {backbone.registry_name}: encode_layers returned no {', '.join(missing)}")
+    return out
+
+
+def _extract(backbone, stimuli, ids, finals: dict, progress: bool, parts: dict | None = None) -> dict:
+    """Run the backbone batch by batch over ``ids`` for every layer of ``finals`` at once.
+
+    ``finals`` maps layer → cache file, or layer → ``None`` for no cache: then the features
+    are returned (``{layer: array}``). Otherwise each layer's ``<file>.partial`` is written or
+    resumed from its own last complete row and renamed into place; returns ``{layer: status}``.
+    """
     from tqdm.auto import tqdm
 
     backbone.ensure_ready()
     n, bs = len(ids), backbone.batch_size
-    if final is None:
-        chunks = [backbone.encode(StimulusBatch(stimuli, ids[i:i + bs]), layer)
-                  for i in tqdm(range(0, n, bs), desc=f"{backbone.registry_name}:{layer}", disable=not progress)]
-        return np.concatenate(chunks).astype(np.float32, copy=False)
+    layers = list(finals)
+    desc = f"{backbone.registry_name}:{layers[0] if len(layers) == 1 else f'{len(layers)} layers'}"
+    if all(f is None for f in finals.values()):
+        chunks = {layer: [] for layer in layers}
+        for i in tqdm(range(0, n, bs), desc=desc, disable=not progress):
+            out = _encode(backbone, StimulusBatch(stimuli, ids[i:i + bs]), layers)
+            for layer in layers:
+                chunks[layer].append(np.asarray(out[layer], dtype=np.float32))
+        return {layer: np.concatenate(c) for layer, c in chunks.items()}
 
-    partial = final.with_name(final.name + ".partial")
-    resumed = "miss"
-    with h5py.File(partial, "a") as f:
-        done = int(f.attrs.get("n_done", 0))
-        if done and not np.array_equal(f["ids"][:], ids):
-            raise DataError(f"partial feature file {partial} belongs to another stimulus set; delete it")
-        if done:
-            resumed = f"resumed at row {done}"
-        else:
-            f.attrs["key_parts"] = json.dumps(parts, sort_keys=True, default=str)
-            if "ids" not in f:
-                f.create_dataset("ids", data=ids)
-        for i in tqdm(range(done, n, bs), desc=f"{backbone.registry_name}:{layer}", disable=not progress,
-                      initial=done // bs, total=-(-n // bs)):
-            block = np.asarray(backbone.encode(StimulusBatch(stimuli, ids[i:i + bs]), layer), dtype=np.float32)
-            if "features" not in f:
-                f.create_dataset("features", shape=(n, *block.shape[1:]), dtype=np.float32,
-                                 chunks=(min(bs, n), *block.shape[1:]))
-            f["features"][i:i + len(block)] = block
-            f.attrs["n_done"] = i + len(block)
-            f.flush()
-    os.replace(partial, final)
-    return resumed
+    partials = {layer: final.with_name(final.name + ".partial") for layer, final in finals.items()}
+    files, done, status = {}, {}, {}
+    with ExitStack() as stack:
+        for layer, partial in partials.items():
+            f = files[layer] = stack.enter_context(h5py.File(partial, "a"))
+            done[layer] = int(f.attrs.get("n_done", 0))
+            if done[layer] and not np.array_equal(f["ids"][:], ids):
+                raise DataError(f"partial feature file {partial} belongs to another stimulus set; delete it")
+            status[layer] = f"resumed at row {done[layer]}" if done[layer] else "miss"
+            if not done[layer]:
+                f.attrs["key_parts"] = json.dumps(parts[layer], sort_keys=True, default=str)
+                if "ids" not in f:
+                    f.create_dataset("ids", data=ids)
+        first = min(done.values())
+        for i in tqdm(range(first, n, bs), desc=desc, disable=not progress, initial=first // bs,
+                      total=-(-n // bs)):
+            batch_ids = ids[i:i + bs]
+            end = i + len(batch_ids)
+            need = [layer for layer in layers if done[layer] < end]  # rows a layer file lacks
+            out = _encode(backbone, StimulusBatch(stimuli, batch_ids), need)
+            for layer in need:
+                block, f = np.asarray(out[layer], dtype=np.float32), files[layer]
+                if len(block) != len(batch_ids):
+                    raise HarnessError(f"backbone {backbone.registry_name}: {len(block)} rows of {layer} for "
+                                       f"{len(batch_ids)} stimuli")
+                if "features" not in f:
+                    f.create_dataset("features", shape=(n, *block.shape[1:]), dtype=np.float32,
+                                     chunks=(min(bs, n), *block.shape[1:]))
+                lo = max(i, done[layer])
+                f["features"][lo:end] = block[lo - i:]
+                f.attrs["n_done"] = done[layer] = end
+                f.flush()
+    for layer, partial in partials.items():
+        os.replace(partial, finals[layer])
+    return status
 
 
 def pca_readout(train: np.ndarray, others: list[np.ndarray], n_components: int):

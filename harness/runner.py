@@ -179,6 +179,14 @@ class _FeatureView:
         self.info: dict = {}
         self._loaded: dict[str, np.ndarray] = {}
 
+    def prefetch(self, layers) -> None:
+        """Extract (or read from cache) every layer of ``layers`` not yet loaded, in one backbone pass."""
+        todo = [layer for layer in dict.fromkeys(layers) if layer not in self._loaded]
+        if todo:
+            feats, info = self.cache.features_multi(self.backbone, self.stimuli, self.universe, todo, self.progress)
+            self._loaded.update(feats)
+            self.info.update(info)
+
     def __call__(self, ids, layer: str | None = None) -> np.ndarray:
         layer = layer or self.backbone.layer
         if layer not in self._loaded:

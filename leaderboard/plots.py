@@ -1,6 +1,8 @@
-"""PNG plots for the leaderboard: the main score per row (bar plot) for every task and, for
-encoding, an ROI × row heatmap. Drawn with matplotlib's Agg canvas directly (no pyplot, no
-global backend switch), returned as PNG bytes so the caller writes them atomically.
+"""PNG plots for the leaderboard: the main score per row (bar plot) for every task, for
+encoding an ROI × row heatmap, and for layer-wise encoding also one ROI × layer heatmap per
+row (test score of every layer — descriptive — with the layer chosen on validation boxed).
+Drawn with matplotlib's Agg canvas directly (no pyplot, no global backend switch), returned
+as PNG bytes so the caller writes them atomically.
 
 Missing values are drawn as missing (no bar / a grey "—" cell), never as zero. Rows that are
 not ranked (random-init weights) are hatched and labelled.
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -87,7 +90,7 @@ def roi_heatmap(task: str, df: pd.DataFrame) -> bytes | None:
     from matplotlib.figure import Figure
 
     cols = [c for c in df.attrs.get("value_columns", []) if c in df]
-    if df.attrs.get("layout") != "encoding" or not cols or not len(df):
+    if df.attrs.get("layout") not in ("encoding", "layerwise") or not cols or not len(df):
         return None
     cols = [c for c in cols if c in ROI_ORDER or df[c].notna().any()]
     data = df[cols].to_numpy(dtype=float)
@@ -111,8 +114,43 @@ def roi_heatmap(task: str, df: pd.DataFrame) -> bytes | None:
     return _png(fig)
 
 
+def layer_heatmap(task: str, df: pd.DataFrame, i) -> bytes | None:
+    """ROI × layer heatmap of one layer-wise row: every layer's test score (descriptive), the
+    layer chosen for each ROI on validation boxed; missing cells grey with "—"."""
+    import matplotlib
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    maps = df.attrs.get("layer_maps") or []
+    m = maps[df.index.get_loc(i)] if df.index.get_loc(i) < len(maps) else None
+    if not isinstance(m, dict) or not m.get("rois") or not m.get("layers"):
+        return None
+    data = np.asarray(m["test"], dtype=float)
+    rois, layers = m["rois"], m["layers"]
+    fig = Figure(figsize=(2.2 + 0.55 * len(layers), 1.4 + 0.32 * len(rois)))
+    ax = fig.add_subplot()
+    finite = data[np.isfinite(data)]
+    vmax = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="#dddddd")
+    im = ax.imshow(np.ma.masked_invalid(data), aspect="auto", cmap=cmap, vmin=0, vmax=vmax)
+    for (r, c), v in np.ndenumerate(data):
+        ax.text(c, r, MISSING if math.isnan(v) else f"{v:.0f}", ha="center", va="center", fontsize=6,
+                color="#333333" if math.isnan(v) or v > 0.6 * vmax else "white")
+    for (r, c), chosen in np.ndenumerate(np.asarray(m["selected"], dtype=bool)):
+        if chosen:
+            ax.add_patch(Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=1.6))
+    ax.set_xticks(range(len(layers)), layers, fontsize=7, rotation=45, ha="right")
+    ax.set_yticks(range(len(rois)), rois, fontsize=7)
+    label = "median NC-normalised R² (%)" if m.get("metric") == "median_nc_r2" else str(m.get("metric"))
+    fig.colorbar(im, ax=ax, label=f"test {label}")
+    ax.set_title(f"{_row_label(df, i)}\ntest {label} per ROI × layer (descriptive); "
+                 "red box = layer chosen on validation", fontsize=8)
+    return _png(fig)
+
+
 def task_plots(task: str, df: pd.DataFrame) -> dict[str, bytes]:
-    """``{"png": bar plot, "heatmap_png": ROI heatmap}`` (entries that apply to the task)."""
+    """``{"png": bar plot, "heatmap_png": ROI heatmap, "layers_<row>_png": ROI × layer heatmap
+    per layer-wise row}`` (entries that apply to the task)."""
     out = {}
     bar = bar_plot(task, df)
     if bar is not None:
@@ -120,4 +158,10 @@ def task_plots(task: str, df: pd.DataFrame) -> dict[str, bytes]:
     heat = roi_heatmap(task, df)
     if heat is not None:
         out["heatmap_png"] = heat
+    if df.attrs.get("layout") == "layerwise":
+        for n, i in enumerate(df.index, 1):
+            png = layer_heatmap(task, df, i)
+            if png is not None:
+                name = "_".join(str(df.at[i, c]) for c in ("backbone", "subject", "experiment"))
+                out[f"layers_{n:02d}_{re.sub(r'[^A-Za-z0-9.=+-]+', '-', name).strip('-')}_png"] = png
     return out

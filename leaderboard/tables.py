@@ -29,7 +29,11 @@ Rules (each one is tested in ``tests/test_leaderboard.py``):
 Task layouts: ``encoding`` (and any task whose records carry a ``per_roi`` table) follows seed
 003 Table 13 — one column per ROI (all, V1, V2, V3, V4, EBA, FBA, OFA, FFA, OPA, PPA, OWFA, VWFA;
 ``hV4`` is shown as V4; other ROIs follow), cells = per-ROI median noise-ceiling-normalised R²
-in %. ``retrieval`` follows seed 000 Table 1 (top-1 accuracy, mean ± half 95 % CI per
+in %. ``layerwise_encoding`` (records with a ``layer_scores`` table) has the same Table 13 columns, with
+each ROI's cell taken at the layer chosen for it on validation, plus the chosen layers (CSV
+columns ``<ROI> layer``; a "Best layer per ROI" table in Markdown / LaTeX / HTML) and one
+ROI × layer heatmap PNG per record (:func:`leaderboard.plots.layer_heatmap`).
+``retrieval`` follows seed 000 Table 1 (top-1 accuracy, mean ± half 95 % CI per
 direction; the CSV keeps mean / ci_low / ci_high as numbers). ``captioning`` follows seed 000
 Table 2 (METEOR, ROUGE-1, ROUGE-L, Sentence, CLIP-B, CLIP-L, then any other scores). Any other
 task gets one column per scalar entry of ``scores``.
@@ -73,11 +77,16 @@ CAPTION_COLUMNS = (
     ("CIDEr", ("cider",)),
 )
 
+LAYERWISE = "layerwise_encoding"
+"""Task name whose records get the layer-wise layout (also detected from a ``layer_scores`` table)."""
+
 RANKED_SOURCES = ("pretrained", "local", "none")
 NOT_RANKED_REASONS = {"random-init": "random-init weights", None: "weights source unknown"}
 
 IDENTITY = ("dataset", "subject", "backbone", "weights", "layer", "readout", "experiment", "seed")
 META = ("main_score", "weights_source", "ranked", "not_ranked_reason", "flags", "record")
+
+BEST_LAYER_SECTION = "Best layer per ROI (chosen on a validation part of the training split)"
 
 _EMPTY_NOTE_MARK = "<!-- brainharness-leaderboard: empty -->"
 
@@ -180,9 +189,12 @@ def _identity(record: dict, root: Path) -> dict:
 
 
 def _layout_of(task: str, records: list[dict]) -> str:
+    tables = [r.get("tables") or {} for r in records]
+    if task == LAYERWISE or any((r.get("task") or {}).get("name") == LAYERWISE or t.get("layer_scores")
+                                for r, t in zip(records, tables)):
+        return "layerwise"
     if task in ("encoding", "retrieval", "captioning"):
         return task
-    tables = [r.get("tables") or {} for r in records]
     if any(t.get("per_roi") for t in tables):
         return "encoding"
     if any(t.get("retrieval") for t in tables):
@@ -210,6 +222,33 @@ def _encoding_values(record: dict) -> tuple[dict, list[str]]:
             continue
         values[col] = value
     return values, flags
+
+
+def _layerwise_values(record: dict) -> tuple[dict, dict, dict]:
+    """Table 13 cells (test score at each ROI's validation-chosen layer), the chosen layer per
+    ROI (``"<ROI> layer"`` columns) and the ROI × layer matrix for the heatmap."""
+    details = record.get("details") if isinstance(record.get("details"), dict) else {}
+    layers_by_roi = {"all layer": _text(details.get("best_layer"))}
+    for row in (record.get("tables") or {}).get("per_roi") or []:
+        if isinstance(row, dict) and row.get("roi") not in (None, "nsdgeneral"):
+            layers_by_roi.setdefault(f"{_roi_column(row['roi'])} layer", _text(row.get("layer")))
+    layers = [str(x) for x in details.get("layers") or []]
+    rows = [r for r in (record.get("tables") or {}).get("layer_scores") or [] if isinstance(r, dict)]
+    if not layers:
+        layers = list(dict.fromkeys(str(r.get("layer")) for r in rows))
+    rois = list(dict.fromkeys(_roi_column(r.get("roi")) for r in rows if r.get("roi") != "nsdgeneral"))
+    rois = [c for c in ROI_ORDER if c in rois] + [c for c in rois if c not in ROI_ORDER]
+    test = np.full((len(rois), len(layers)), np.nan)
+    selected = np.zeros(test.shape, dtype=bool)
+    for r in rows:
+        col, layer = _roi_column(r.get("roi")), str(r.get("layer"))
+        if col in rois and layer in layers:
+            test[rois.index(col), layers.index(layer)] = _num(r.get("test"))
+            selected[rois.index(col), layers.index(layer)] = bool(r.get("selected"))
+    metric = next((str(r["metric"]) for r in rows if r.get("metric")), "median_nc_r2")
+    matrix = {"rois": rois, "layers": layers, "test": test.tolist(), "selected": selected.tolist(), "metric": metric}
+    shown = f"{layers[0]}…{layers[-1]} ({len(layers)})" if len(layers) > 1 else layers[0] if layers else math.nan
+    return layers_by_roi, matrix, {"layer": shown}
 
 
 def _direction(name) -> str | None:
@@ -259,7 +298,7 @@ def _scalar_scores(record: dict) -> dict:
 
 
 def _fmt_kind(column: str, layout: str) -> str:
-    if layout == "encoding":
+    if layout in ("encoding", "layerwise"):
         return "pct"
     n = column.lower()
     if "nc_r2" in n or n.endswith("_pct") or "%" in n or "percent" in n:
@@ -295,6 +334,7 @@ def _build_task(task: str, records: list[dict], root: Path) -> pd.DataFrame:
     main = _main_score_name(records)
     rows, notes, protocols = [], [], {}
     value_cols: list[str] = []
+    layer_cols: list[str] = []
 
     def add_cols(cols):
         for c in cols:
@@ -304,9 +344,13 @@ def _build_task(task: str, records: list[dict], root: Path) -> pd.DataFrame:
     for record in records:
         row = _identity(record, root)
         flags = []
-        if layout == "encoding":
+        if layout in ("encoding", "layerwise"):
             values, f = _encoding_values(record)
             flags += f
+            if layout == "layerwise":
+                chosen, row["_matrix"], shown = _layerwise_values(record)
+                row.update(chosen, **shown)
+                layer_cols.extend(c for c in chosen if c not in layer_cols)
         elif layout == "retrieval":
             values, protocol = _retrieval_values(record)
             for d, p in protocol.items():
@@ -331,7 +375,7 @@ def _build_task(task: str, records: list[dict], root: Path) -> pd.DataFrame:
         rows.append(row)
 
     # column order per layout
-    if layout == "encoding":
+    if layout in ("encoding", "layerwise"):
         extras = [c for c in value_cols if c not in ROI_ORDER]
         value_cols = list(ROI_ORDER) + extras
     elif layout == "retrieval":
@@ -349,7 +393,7 @@ def _build_task(task: str, records: list[dict], root: Path) -> pd.DataFrame:
     # where the main score is shown
     main_column = None
     if main is not None:
-        if layout == "encoding" and main == "median_nc_r2":
+        if layout in ("encoding", "layerwise") and main == "median_nc_r2":
             main_column = "all"
         elif layout == "retrieval" and _direction(main):
             main_column = f"{_direction(main)} mean"
@@ -409,8 +453,14 @@ def _build_task(task: str, records: list[dict], root: Path) -> pd.DataFrame:
         r = df[rankable].groupby(["_ds", "_sub"])["main_score"].rank(method="min", ascending=False)
         rank.loc[r.index] = r.astype("int64").to_numpy()
     df.insert(0, "rank", rank)
+    if layout == "layerwise":
+        layer_cols = [f"{c} layer" for c in ROI_ORDER] + sorted(set(layer_cols) - {f"{c} layer" for c in ROI_ORDER})
+        for c in layer_cols:
+            if c not in df:
+                df[c] = math.nan
+        df.attrs["layer_maps"] = df["_matrix"].tolist()  # row order; for the ROI × layer heatmaps
     df = df.drop(columns=[c for c in df.columns if c.startswith("_")])
-    df = df[["rank"] + ident_cols + value_cols + [c for c in META if c != "main_score"] + ["main_score"]]
+    df = df[["rank"] + ident_cols + value_cols + layer_cols + [c for c in META if c != "main_score"] + ["main_score"]]
 
     title, unit = {
         "encoding": ("median noise-ceiling-normalised R² (%)",
@@ -421,6 +471,12 @@ def _build_task(task: str, records: list[dict], root: Path) -> pd.DataFrame:
                       "image→brain: for each image, is its own brain sample the best (seed 000 writes "
                       "X→Y for 'retrieve X given Y', so its I→B is brain→image here)"),
         "captioning": ("caption similarity to the references", "seed 000 Table 2 columns first"),
+        "layerwise": ("brain score per ROI at its best layer, median noise-ceiling-normalised R² (%)",
+                      "seed 003 Table 13 layout. Cells: per-ROI median of 100·R²/NC on the test split, at the "
+                      "layer chosen for that ROI on a validation part of the training split (never on test); "
+                      "all = the whole-brain median of the one layer best on validation. The chosen layers are "
+                      "in the 'best layer per ROI' table and the '<ROI> layer' CSV columns; per-record ROI × "
+                      "layer heatmaps show every layer's test score (descriptive)"),
     }.get(layout, ("scores", "one column per scalar score"))
     if layout == "retrieval":
         for d in RETRIEVAL_DIRECTIONS + tuple(sorted(set(protocols) - set(RETRIEVAL_DIRECTIONS))):
@@ -429,12 +485,12 @@ def _build_task(task: str, records: list[dict], root: Path) -> pd.DataFrame:
                 notes.append(f"{d}: chance = {chance_s} ({n_cand} candidates, {n_trials} trials)")
     df.attrs.update(
         task=task, layout=layout, title=title, description=unit[:1].upper() + unit[1:], main_score=main, main_column=main_column,
-        value_columns=value_cols, identity_columns=ident_cols,
+        value_columns=value_cols, identity_columns=ident_cols, layer_columns=layer_cols,
         formats={c: _fmt_kind(c, layout) for c in value_cols + ["main_score"]}, notes=notes,
         group_note="ranks restart within each dataset × subject" if
         df[["dataset", "subject"]].astype(str).drop_duplicates().shape[0] > 1 else "",
     )
-    if layout == "encoding" or main_column == "main_score" and main and "nc_r2" in main:
+    if layout in ("encoding", "layerwise") or main_column == "main_score" and main and "nc_r2" in main:
         df.attrs["formats"]["main_score"] = "pct"
     return df
 
@@ -534,6 +590,15 @@ def sections(df: pd.DataFrame) -> list[tuple[str, list[str], list[list[str]]]]:
         part = rest[rest["not_ranked_reason"] == reason]
         body = [[_cell(df, i, c) for c in cols] for i in part.index]
         out.append((f"Not ranked: {reason}", [_header(df, c) for c in cols], body))
+    layer_cols = [c for c in df.attrs.get("layer_columns") or [] if c in df and
+                  (c.removesuffix(" layer") in ROI_ORDER or df[c].notna().any())]
+    if layer_cols and len(df):
+        ident = list(df.attrs.get("identity_columns") or [])
+        header = ["rank"] + ident + [c.removesuffix(" layer") for c in layer_cols]
+        body = [[_fmt(df.at[i, "rank"], "int") if df.at[i, "ranked"] else "not ranked"]
+                + [_cell(df, i, c) for c in ident] + [_fmt(df.at[i, c], "text") for c in layer_cols]
+                for i in df.index]
+        out.append((BEST_LAYER_SECTION, header, body))
     return out
 
 

@@ -4,6 +4,8 @@ import tempfile
 from pathlib import Path
 
 _SCRATCH = Path(tempfile.mkdtemp(prefix="brainharness-tests-"))
+# Tiny models and matrices: one thread avoids oversubscription on a shared 2-core machine.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "HF_EVALUATE_OFFLINE"):
     os.environ[var] = "1"
 os.environ["WANDB_MODE"] = "offline"

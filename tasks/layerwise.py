@@ -1,0 +1,186 @@
+"""Layer-wise voxel encoding (seed 003): every readable layer → ridge → the best layer per ROI.
+
+One backbone pass reads all requested layers (``_FeatureView.prefetch`` →
+``FeatureCache.features_multi``: one cache file per layer). Then, per layer, the encoding of
+:mod:`tasks.encoding` (same ridge, same metrics) is run twice:
+
+1. **Selection** — ridge fitted on the fit split minus a validation part carved from it
+   (``validation_fraction``, seeded), scored on that validation part with a noise ceiling
+   estimated from the fit split's own single trials. The layer of each ROI (and of the whole
+   brain, ``all``) is the one with the highest validation ``median_nc_r2`` (``median_r2``
+   without single trials); ties go to the earlier layer. This phase only ever sees fit-split
+   stimuli: its feature reader refuses any other id, so the test split cannot steer the choice.
+2. **Scoring** — ridge refitted on the whole fit split, scored once on the score split.
+
+Reported:
+
+* ``tables.per_roi`` — per ROI the validation-selected layer and its **test** scores (the
+  cells of seed 003 Table 13); rows carry ``layer``, ``layer_index`` and the selection score.
+* ``scores`` / main score ``median_nc_r2`` — the whole-brain test scores of the single layer
+  that is best on validation (``details.best_layer``; its per-voxel arrays are the sidecar).
+  Chosen over a per-ROI composite because it is one model, comparable with the plain
+  ``encoding`` task, and defined for voxels that lie in no ROI.
+* ``tables.layer_scores`` — the full ROI × layer matrix, validation and test, for the heatmap.
+  Its test values are **descriptive**: picking a layer from them would select on the test split.
+* sidecar ``best_layer_index`` — per voxel, the layer with the highest validation Pearson r
+  (the voxel-level brain-to-network map).
+
+``layers``: ``every`` (all readable layers of the backbone, in its order), a glob
+(``blocks.*``, ``mix.*``) or a list of names/globs (patterns this backbone has no layer for are
+skipped and listed in ``details.unmatched_layer_patterns``, so one task serves several
+families); ``layer_stride`` keeps every n-th of them (e.g. ``blocks.*`` with stride 2 →
+blocks 0, 2, 4, …). Ridge decompositions are dropped after
+each layer, so memory holds one at a time.
+"""
+from __future__ import annotations
+
+import fnmatch
+import time
+
+import numpy as np
+
+from harness.errors import ConfigError, DataError, HarnessError
+from harness.metrics import encoding_scores
+from harness.registry import register_task
+from harness.task import Task, TaskContext, TaskOutput, selection_split, validation_noise_ceiling
+
+from .encoding import RIDGE_PARAMS, RIDGE_SPACE, _scatter, alpha_grid, fit_ridge
+
+
+def resolve_layers(spec, readable: list[str], stride: int = 1) -> tuple[list[str], list[str]]:
+    """``(layers, unmatched patterns)``: the readable layers named by ``spec`` (``every``, a glob or
+    a list of names/globs, in the order given), every ``stride``-th. Patterns that match no layer
+    of this backbone are returned (one task can then serve several families); none matching
+    at all is an error."""
+    patterns = ["*"] if spec in (None, "every") else [spec] if isinstance(spec, str) else list(spec)
+    chosen, unmatched = [], []
+    for pattern in patterns:
+        hits = [layer for layer in readable if fnmatch.fnmatchcase(layer, str(pattern))]
+        chosen += [h for h in hits if h not in chosen]
+        if not hits:
+            unmatched.append(pattern)
+    if not chosen:
+        raise ConfigError(f"layerwise_encoding: no readable layer matches {', '.join(map(repr, patterns))} "
+                          f"(readable: {', '.join(readable)})")
+    return chosen[::stride], unmatched
+
+
+def _argmax(values: list) -> int | None:
+    """Index of the largest non-missing value (the first on ties); ``None`` if all are missing."""
+    best = None
+    for i, v in enumerate(values):
+        if v is not None and np.isfinite(v) and (best is None or v > values[best]):
+            best = i
+    return best
+
+
+def _only(features, allowed: np.ndarray):
+    """A feature reader that refuses any stimulus outside ``allowed``."""
+    allowed = set(np.asarray(allowed).tolist())
+
+    def read(ids, layer=None):
+        if not allowed.issuperset(np.asarray(ids).tolist()):
+            raise HarnessError("layer selection asked for features of stimuli outside the fit split")
+        return features(ids, layer)
+
+    return read
+
+
+@register_task("layerwise_encoding")
+class LayerwiseEncodingTask(Task):
+    direction = "image→brain"
+    main_score = "median_nc_r2"
+    params = {**RIDGE_PARAMS, "layers": "every", "layer_stride": 1, "validation_fraction": 0.2,
+              "nc_threshold": 10.0, "rois": None}
+    search_space = RIDGE_SPACE
+
+    def validate(self):
+        alpha_grid(self.p)
+        if not 0 <= float(self.p["nc_threshold"]) < 100:
+            raise ConfigError(f"layerwise_encoding: nc_threshold must be in [0, 100), got {self.p['nc_threshold']}")
+        if not 0 < float(self.p["validation_fraction"]) < 1:
+            raise ConfigError("layerwise_encoding: validation_fraction must be in (0, 1), "
+                              f"got {self.p['validation_fraction']}")
+        stride = self.p["layer_stride"]
+        if not isinstance(stride, int) or isinstance(stride, bool) or stride < 1:
+            raise ConfigError(f"layerwise_encoding: layer_stride must be a positive integer, got {stride!r}")
+        spec = self.p["layers"]
+        if not (spec is None or isinstance(spec, str) or
+                isinstance(spec, (list, tuple)) and spec and all(isinstance(x, str) for x in spec)):
+            raise ConfigError(f"layerwise_encoding: layers must be 'every', a glob or a list of layer names, "
+                              f"got {spec!r}")
+
+    def run(self, ctx: TaskContext) -> TaskOutput:
+        t0 = time.perf_counter()
+        p, thr = self.p, float(self.p["nc_threshold"])
+        layers, unmatched = resolve_layers(p["layers"], ctx.backbone.layers(), p["layer_stride"])
+        if hasattr(ctx.features, "prefetch"):
+            ctx.features.prefetch(layers)  # one backbone pass for every layer
+        t1 = time.perf_counter()
+
+        sub, val = selection_split(ctx.fit, float(p["validation_fraction"]), ctx.seed)
+        val_nc, val_nc_source = validation_noise_ceiling(ctx.fit, val)
+        bad = ~np.isfinite(ctx.fit.averaged).all(0) | ~np.isfinite(ctx.score.averaged).all(0)
+        if bad.all():
+            raise DataError("every voxel has NaN or inf responses")
+        keep = ~bad  # documented handling (as in encoding): non-finite voxels are excluded and counted
+        rois = {k: v[keep] for k, v in ctx.rois.items() if p["rois"] is None or k in p["rois"]}
+        nc = ctx.noise_ceiling[keep] if ctx.noise_ceiling is not None else None
+        val_nc = val_nc[keep] if val_nc is not None else None
+        sel_metric = "median_nc_r2" if val_nc is not None else "median_r2"
+        metric = "median_nc_r2" if nc is not None else "median_r2"
+        fit_only = _only(ctx.features, ctx.fit.stim_ids)
+
+        val_tab, test_tab, voxel_r, test_voxel, alphas = {}, {}, [], [], []
+        for i, layer in enumerate(layers):
+            # 1. selection: fit-split stimuli only
+            key = ("layerwise", layer, ctx.evaluated_on, "selection", len(sub.stim_ids), p["pca"])
+            _, pred = fit_ridge(p, ctx, fit_only(sub.stim_ids, layer), sub.averaged[:, keep],
+                                fit_only(val.stim_ids, layer), key)
+            ctx.memo.pop(key, None)
+            pv, scores, per_roi = encoding_scores(pred, val.averaged[:, keep], val_nc, rois, thr)
+            val_tab[i] = {"all": scores, **{r["roi"]: r for r in per_roi}}
+            voxel_r.append(pv["pearson_r"])
+            # 2. scoring: refit on the whole fit split, score once
+            key = ("layerwise", layer, ctx.evaluated_on, "score", len(ctx.fit.stim_ids), p["pca"])
+            model, pred = fit_ridge(p, ctx, ctx.features(ctx.fit.stim_ids, layer), ctx.fit.averaged[:, keep],
+                                    ctx.features(ctx.score.stim_ids, layer), key)
+            ctx.memo.pop(key, None)
+            pv, scores, per_roi = encoding_scores(pred, ctx.score.averaged[:, keep], nc, rois, thr)
+            test_tab[i] = {"all": scores, **{r["roi"]: r for r in per_roi}}
+            test_voxel.append(pv)
+            alphas.append(model.best_alphas_.cpu().numpy())
+        t2 = time.perf_counter()
+
+        names = ["all", *rois]
+        choice = {r: _argmax([val_tab[i][r].get(sel_metric) for i in range(len(layers))]) for r in names}
+        best = choice["all"]
+        if best is None:
+            raise DataError(f"layerwise_encoding: no layer has a validation {sel_metric} (no voxel above the "
+                            "noise-ceiling threshold?)")
+        per_roi = []
+        for r in rois:
+            k = choice[r]
+            row = dict(test_tab[k][r]) if k is not None else {"roi": r}
+            per_roi.append({**row, "layer": layers[k] if k is not None else None, "layer_index": k,
+                            f"validation_{sel_metric}": val_tab[k][r].get(sel_metric) if k is not None else None})
+        layer_scores = [{"roi": r, "layer": layer, "layer_index": i, "metric": metric,
+                         "validation": val_tab[i][r].get(sel_metric), "test": test_tab[i][r].get(metric),
+                         "selected": choice[r] == i}
+                        for i, layer in enumerate(layers) for r in names]
+        scores = {**test_tab[best]["all"], "best_layer_index": best, "n_layers": len(layers),
+                  "n_voxels_nonfinite_excluded": int(bad.sum())}
+        per_voxel = {**test_voxel[best], "best_alpha": alphas[best],
+                     "best_layer_index": np.argmax(np.stack(voxel_r), 0).astype(np.float32)}
+        if bad.any():  # scatter back to the full voxel index so sidecars align with the ROI masks
+            per_voxel = {k: _scatter(v, keep) for k, v in per_voxel.items()}
+        details = {
+            "layers": layers, "unmatched_layer_patterns": unmatched, "best_layer": layers[best],
+            "best_layer_per_roi": {r: layers[choice[r]] if choice[r] is not None else None for r in names},
+            "selection": f"per ROI, the layer with the highest {sel_metric} on a {p['validation_fraction']:.0%} "
+                         f"validation part of the fit split ({len(val.stim_ids)} images; ridge fitted on the other "
+                         f"{len(sub.stim_ids)}); noise ceiling {val_nc_source}",
+            "layer_scores": "descriptive: test scores of every layer; the layers were chosen on validation only",
+        }
+        return TaskOutput(metric, scores, {"per_roi": per_roi, "layer_scores": layer_scores}, per_voxel,
+                          {"timings": {"features_s": t1 - t0, "ridge_s": t2 - t1}, "details": details})
