@@ -361,22 +361,29 @@ class Clip(Backbone):
         return torch.stack([self._transform(Image.fromarray(im)) for im in images])
 
     def encode(self, batch: StimulusBatch, layer: str) -> np.ndarray:
+        return self.encode_layers(batch, [layer])[layer]
+
+    def encode_layers(self, batch: StimulusBatch, layers: list[str]) -> dict[str, np.ndarray]:
+        """Several layers from one preprocessing and one forward pass."""
         import torch
 
         self.ensure_ready()
         x = self.pixels(batch.images).to(self.torch_device())
+        out = {}
+        blocks = {int(layer.split(".", 1)[1]): layer for layer in layers if layer != "embedding"}
         with torch.no_grad(), self.autocast():
-            if layer == "embedding":
-                out = self._model.encode_image(x)
-            else:
-                index = int(layer.split(".", 1)[1])
+            if "embedding" in layers:
+                out["embedding"] = self._model.encode_image(x)
+            if blocks:
+                order = sorted(blocks)
                 res = self._model.visual.forward_intermediates(
-                    x, indices=[index], stop_early=True, intermediates_only=True, output_fmt="NLC",
+                    x, indices=order, stop_early=True, intermediates_only=True, output_fmt="NLC",
                     output_extra_tokens=True)
-                # (batch, tokens, width): the class token first, then the patches in raster order
-                tokens = torch.cat([res["image_intermediates_prefix"][0], res["image_intermediates"][0]], 1)
-                out = apply_readout(tokens.float(), self.readout, has_cls=True)
-        return out.float().cpu().numpy()
+                for i, prefix, patches in zip(order, res["image_intermediates_prefix"], res["image_intermediates"]):
+                    # (batch, tokens, width): the class token first, then the patches in raster order
+                    tokens = torch.cat([prefix, patches], 1)
+                    out[blocks[i]] = apply_readout(tokens.float(), self.readout, has_cls=True)
+        return {layer: out[layer].float().cpu().numpy() for layer in layers}
 
     def encode_text(self, texts: list[str]) -> np.ndarray:
         """Projected text embeddings (``encode_text``), **unnormalised** → (len(texts), embed_dim)."""

@@ -220,3 +220,10 @@ def test_runner_encoding_and_retrieval(tmp_path):
     assert enc_rec["backbone"]["layer"] == "blocks.1" and np.isfinite(enc_rec["scores"]["median_nc_r2"])
     assert set(enc_rec["features"]) == {"blocks.1"} and set(ret_rec["features"]) == {"embedding"}
     assert ret_rec["scores"]["embedding_dim"] == 24 and 0 <= ret_rec["scores"]["brain→image"] <= 1
+
+
+def test_encode_layers_is_one_pass_with_the_same_numbers(tiny):
+    many = tiny.encode_layers(StimulusBatch(STIM, IDS), ["blocks.1", "embedding", "blocks.0"])
+    assert list(many) == ["blocks.1", "embedding", "blocks.0"]
+    for layer, feats in many.items():
+        np.testing.assert_array_equal(feats, enc(tiny, layer))
