@@ -2,8 +2,9 @@
 # System (non-pip) dependencies of brainharness, installed with Debian's apt.
 #
 #   * wordnet-base, wordnet-sense-index: the WordNet 3.0 database under /usr/share/wordnet,
-#     which NLTK's METEOR needs for synonym matching (harness/caption_metrics.py links it
-#     into an NLTK data folder of its own on first use; nothing is downloaded at run time);
+#     which NLTK's METEOR needs for synonym matching (harness/caption_metrics.py copies it,
+#     with the `lexnames` file Debian lacks, into an NLTK data folder under the harness cache
+#     on first use — NLTK refuses symlinked/hard-linked data; nothing is downloaded);
 #   * a Java runtime (default-jre-headless), only when no `java` is on PATH: pycocoevalcap's
 #     METEOR 1.5 jar and Stanford PTB tokenizer run on it.
 #
