@@ -18,10 +18,19 @@ Config section::
       n_trials: 20                 # total completed trials wanted (resume counts old ones)
       validation_fraction: 0.2
       seed: 0                      # sampler seed
+      sampler: tpe                 # tpe (default) | grid: every combination of the `choices` once
+      report: null                 # optional "module:function" called at the end (see Sweep.run)
       space:                       # default: the task's own search_space
         alpha_min: {low: 1.0e-3, high: 1.0e+2, log: true}
         pca: {choices: [null, 64, 256]}
         n_components: {low: 8, high: 64, step: 8}   # integers when low/high/step are ints
+
+``sampler: grid`` runs each point of the grid spanned by the ``choices`` specs exactly once
+(e.g. ``lam: {choices: [0.0, 1.0e-3, 1.0e-2, 0.1, 1.0]}``); ``n_trials`` defaults to the grid
+size. It is resumable: a grid point counts as done only when a trial of it is *complete*, so
+after an interruption the next run evaluates exactly the points without a complete trial —
+those never started, those whose trial failed or was interrupted, and (last) those whose
+trial was left ``RUNNING`` by a killed worker.
 """
 from __future__ import annotations
 
@@ -33,7 +42,9 @@ from harness.runner import Runner
 
 log = logging.getLogger(__name__)
 
-SWEEP_KEYS = {"study", "storage", "backbone", "task", "subject", "n_trials", "validation_fraction", "seed", "space"}
+SWEEP_KEYS = {"study", "storage", "backbone", "task", "subject", "n_trials", "validation_fraction", "seed", "space",
+              "sampler", "report"}
+SAMPLERS = ("tpe", "grid")
 
 
 def _pick(specs: list[dict], label: str | None, kind: str) -> dict:
@@ -66,6 +77,65 @@ def suggest(trial, space: dict) -> dict:
     return params
 
 
+def grid_points(space: dict) -> list[dict]:
+    """Every combination of the ``choices`` of ``space`` (each spec must be ``{choices: [...]}``)."""
+    import itertools
+
+    values = {}
+    for name, spec in space.items():
+        if not isinstance(spec, dict) or "choices" not in spec or set(spec) != {"choices"}:
+            raise ConfigError(f"sweep.space.{name}: sampler grid needs {{choices: [...]}} for every parameter")
+        choices = list(spec["choices"])
+        if not choices or not all(v is None or isinstance(v, (str, int, float, bool)) for v in choices):
+            raise ConfigError(f"sweep.space.{name}: grid choices must be a non-empty list of numbers, strings, "
+                              f"booleans or null, got {choices!r}")
+        values[name] = choices
+    return [dict(zip(values, combo)) for combo in itertools.product(*values.values())]
+
+
+def _resumable_grid_sampler(space: dict, seed):
+    """Optuna's GridSampler, except that only *complete* trials mark a grid point as done.
+
+    (Optuna's own counts every finished trial — failed ones too — and assigns grid points by
+    trial number, so an interrupted study would skip the interrupted point when resumed.)
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    class ResumableGridSampler(optuna.samplers.GridSampler):
+        def _open(self, study, skip_running: bool) -> list[int]:
+            done, running = set(), set()
+            for t in study._storage.get_all_trials(study._study_id, deepcopy=False):
+                if "grid_id" in t.system_attrs and self._same_search_space(t.system_attrs["search_space"]):
+                    if t.state == TrialState.COMPLETE:
+                        done.add(t.system_attrs["grid_id"])
+                    elif t.state == TrialState.RUNNING:
+                        running.add(t.system_attrs["grid_id"])
+            todo = [g for g in range(len(self._all_grids)) if g not in done]
+            fresh = [g for g in todo if g not in running] if skip_running else todo
+            return fresh or todo
+
+        def before_trial(self, study, trial) -> None:
+            if "grid_id" in trial.system_attrs or "fixed_params" in trial.system_attrs:
+                return  # re-queued by a retry callback or enqueued: keeps its point
+            todo = self._open(study, skip_running=True) or list(range(len(self._all_grids)))
+            grid_id = int(self._rng.rng.choice(todo))
+            study._storage.set_trial_system_attr(trial._trial_id, "search_space", self._search_space)
+            study._storage.set_trial_system_attr(trial._trial_id, "grid_id", grid_id)
+
+        def after_trial(self, study, trial, state, values) -> None:
+            todo = self._open(study, skip_running=False)  # this trial is still RUNNING here
+            grid_id = study._storage.get_trial_system_attrs(trial._trial_id).get("grid_id")
+            if not todo or todo == [grid_id]:
+                study.stop()
+
+        def is_exhausted(self, study) -> bool:
+            return not self._open(study, skip_running=False)
+
+    grid_points(space)  # validates the specs
+    return ResumableGridSampler({k: list(spec["choices"]) for k, spec in space.items()}, seed=seed)
+
+
 class Sweep:
     def __init__(self, runner: Runner):
         self.runner = runner
@@ -79,16 +149,21 @@ class Sweep:
         self.bspec = _pick(cfg["backbones"], sw.get("backbone"), "backbone")
         self.tspec = _pick(cfg["tasks"], sw.get("task"), "task")
         self.subject = sw.get("subject")
-        self.n_trials = sw.get("n_trials", 20)
         self.fraction = sw.get("validation_fraction", 0.2)
         self.seed = sw.get("seed", cfg["seed"])
-        if not isinstance(self.n_trials, int) or self.n_trials < 1:
-            raise ConfigError(f"sweep.n_trials must be a positive integer, got {self.n_trials!r}")
+        self.sampler = sw.get("sampler") or "tpe"
+        if self.sampler not in SAMPLERS:
+            raise ConfigError(f"sweep.sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
         task_cls = type(runner.task(self.tspec))
         self.space = sw.get("space") or task_cls.search_space
         bad = set(self.space) - set(task_cls.params)
         if bad:
             raise ConfigError(f"sweep.space: {sorted(bad)[0]!r} is not a parameter of task {self.tspec['name']}")
+        self.grid = grid_points(self.space) if self.sampler == "grid" else None
+        self.n_trials = sw.get("n_trials", len(self.grid) if self.grid else 20)
+        if not isinstance(self.n_trials, int) or self.n_trials < 1:
+            raise ConfigError(f"sweep.n_trials must be a positive integer, got {self.n_trials!r}")
+        self.report = _report_hook(sw.get("report"))
         self.memo: dict = {}  # shared decompositions: k α-trials cost about one fit
 
     def study(self):
@@ -106,8 +181,10 @@ class Sweep:
             kw = ({"heartbeat_stale_trial_callback": retry(max_retry=1)} if retry else
                   {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=1)})
             storage = RDBStorage(self.storage, heartbeat_interval=60, grace_period=180, **kw)
+        sampler = (_resumable_grid_sampler(self.space, self.seed) if self.grid is not None
+                   else optuna.samplers.TPESampler(seed=self.seed))
         return optuna.create_study(study_name=self.name, storage=storage, load_if_exists=True,
-                                   direction="maximize", sampler=optuna.samplers.TPESampler(seed=self.seed))
+                                   direction="maximize", sampler=sampler)
 
     def objective(self, trial) -> float:
         params = suggest(trial, self.space)
@@ -129,7 +206,11 @@ class Sweep:
             optuna.logging.set_verbosity(optuna.logging.WARNING)
         study = self.study()
         done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-        remaining = max(0, self.n_trials - len(done))
+        if self.grid is not None:  # grid points without a complete trial, up to n_trials points in all
+            complete = [p for p in self.grid if any(t.params == p for t in done)]
+            remaining = max(0, min(self.n_trials, len(self.grid)) - len(complete))
+        else:
+            remaining = max(0, self.n_trials - len(done))
         if remaining:
             study.optimize(self.objective, n_trials=remaining, show_progress_bar=progress, catch=())
         best = study.best_trial
@@ -145,8 +226,29 @@ class Sweep:
             record = self.runner.run_unit(subject, self.bspec, self.tspec, evaluated_on="test", overrides=best.params,
                                           experiment=f"{self.name}-best", memo=None, group=self.name,
                                           extra={"sweep": info})
-        return {**info, "test_score": record["scores"].get(record["main_score"]), "main_score": record["main_score"],
-                "record": record.get("_path")}
+        summary = {**info, "test_score": record["scores"].get(record["main_score"]),
+                   "main_score": record["main_score"], "record": record.get("_path")}
+        if self.report is not None:
+            summary["report"] = self.report(self, summary)
+        return summary
+
+
+def _report_hook(target):
+    """``sweep.report: "module:function"`` → the function, called as ``fn(sweep, summary)`` after
+    the best trial's test record exists; what it returns is the summary's ``report``."""
+    if target is None:
+        return None
+    from harness.registry import _import_target
+
+    if not isinstance(target, str) or ":" not in target:
+        raise ConfigError(f"sweep.report must be 'module:function', got {target!r}")
+    try:
+        fn = _import_target(target)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"sweep.report {target!r} cannot be imported: {e}") from None
+    if not callable(fn):
+        raise ConfigError(f"sweep.report {target!r} is not callable")
+    return fn
 
 
 def run_sweep(config, progress: bool = True) -> dict:

@@ -1,0 +1,171 @@
+"""Seed 004 Table 3 from a λ sweep's result records: stage 1 vs stage 2 for each λ.
+
+Rows: stage 1 (frozen backbone), stage 2 with λ = 0 (fine-tuning with the MSE term only —
+the row that separates the effect of the alignment term from the effect of fine-tuning), then
+stage 2 for each λ > 0 in ascending order (seed 004: 1e-3, 1e-2, 0.1, 1). Columns: normalised
+R² (median and mean over voxels above the NC threshold, in %) and the change in % against stage
+1. A λ without a complete record stays a visibly missing row ("—"), never filled in.
+
+The λ rows come from the sweep's trial records, scored on the validation part carved from the
+training split (that is where λ is chosen; the test split is not read per λ). The test split
+appears once, in a second block: stage 1 and stage 2 with the selected λ, from the sweep's
+single best-on-test record.
+
+As a sweep report hook (``sweep.report: sweeps.tables:stage_table_report``) it writes
+``<results_dir>/tables/<study>.stages.md`` and ``.csv`` and prints the Markdown.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+
+from harness.results import atomic_write_bytes
+
+SEED004_LAMBDAS = (0.0, 1e-3, 1e-2, 1e-1, 1.0)
+COLUMNS = ("split", "model", "lam", "median_nc_r2", "change_median_pct", "mean_nc_r2", "change_mean_pct",
+           "best_epoch", "trial")
+
+
+def _lam(record: dict, key: str):
+    value = (record.get("task", {}).get("params") or {}).get(key)
+    if value is None:
+        value = (record.get("sweep", {}).get("params") or {}).get(key)
+    return None if value is None else float(value)
+
+
+def _change(new, old):
+    if new is None or old is None or old == 0:
+        return None
+    return 100.0 * (new - old) / abs(old)
+
+
+def _stage1(records: list[dict]) -> tuple[dict | None, str | None]:
+    """Stage-1 scores of the records (identical when they share the split; else the median, noted)."""
+    values = [(r["scores"].get("stage1_median_nc_r2"), r["scores"].get("stage1_mean_nc_r2")) for r in records
+              if r["scores"].get("stage1_median_nc_r2") is not None]
+    if not values:
+        return None, None
+    med = sorted(v[0] for v in values)[len(values) // 2]
+    mean = sorted(v[1] for v in values if v[1] is not None)
+    note = None
+    if max(v[0] for v in values) - min(v[0] for v in values) > 1e-6:
+        note = f"stage-1 scores differ across the {len(values)} trial records; the median is shown"
+    return {"median_nc_r2": med, "mean_nc_r2": mean[len(mean) // 2] if mean else None}, note
+
+
+def stage_rows(records: list[dict], lam_key: str = "lam", lambdas=SEED004_LAMBDAS) -> tuple[list[dict], list[str]]:
+    """Table 3 rows from result records → ``(rows, notes)``.
+
+    ``records``: complete ``aligned_encoding`` records; those ``evaluated_on: validation``
+    (the sweep's trials) give the λ rows, one ``evaluated_on: test`` record (the best λ) the
+    test block. Per λ the record of the latest trial counts (a λ re-run after an interruption).
+    """
+    records = [r for r in records if r.get("status", "complete") == "complete" and r.get("scores")]
+    val = [r for r in records if r.get("evaluated_on") == "validation"]
+    test = [r for r in records if r.get("evaluated_on") == "test"]
+    notes: list[str] = []
+    by_lam: dict[float, dict] = {}
+    for r in sorted(val, key=lambda r: (r.get("sweep", {}).get("trial") or 0)):
+        lam = _lam(r, lam_key)
+        if lam is not None:
+            by_lam[lam] = r
+    rows = []
+    base, note = _stage1(list(by_lam.values()))
+    if note:
+        notes.append(note)
+    rows.append({"split": "validation", "model": "stage 1 (frozen backbone)", "lam": None,
+                 "median_nc_r2": base and base["median_nc_r2"], "change_median_pct": None,
+                 "mean_nc_r2": base and base["mean_nc_r2"], "change_mean_pct": None, "best_epoch": None,
+                 "trial": None})
+    for lam in sorted(set(lambdas) | set(by_lam)):
+        r = by_lam.get(lam)
+        s = r["scores"] if r else {}
+        med, mean = s.get("stage2_median_nc_r2"), s.get("stage2_mean_nc_r2")
+        rows.append({"split": "validation", "model": _model(lam), "lam": lam, "median_nc_r2": med,
+                     "change_median_pct": _change(med, base and base["median_nc_r2"]), "mean_nc_r2": mean,
+                     "change_mean_pct": _change(mean, base and base["mean_nc_r2"]), "best_epoch": s.get("best_epoch"),
+                     "trial": (r.get("sweep") or {}).get("trial") if r else None})
+        if r is None:
+            notes.append(f"λ = {_fmt_lam(lam)}: no complete trial record (missing, not filled in)")
+    if test:
+        r = max(test, key=lambda r: r.get("provenance", {}).get("created") or "")
+        s, lam = r["scores"], _lam(r, lam_key)
+        s1m, s1a = s.get("stage1_median_nc_r2"), s.get("stage1_mean_nc_r2")
+        rows.append({"split": "test", "model": "stage 1 (frozen backbone)", "lam": None, "median_nc_r2": s1m,
+                     "change_median_pct": None, "mean_nc_r2": s1a, "change_mean_pct": None, "best_epoch": None,
+                     "trial": None})
+        rows.append({"split": "test", "model": _model(lam) + " — selected λ", "lam": lam,
+                     "median_nc_r2": s.get("stage2_median_nc_r2"),
+                     "change_median_pct": _change(s.get("stage2_median_nc_r2"), s1m),
+                     "mean_nc_r2": s.get("stage2_mean_nc_r2"),
+                     "change_mean_pct": _change(s.get("stage2_mean_nc_r2"), s1a),
+                     "best_epoch": s.get("best_epoch"), "trial": None})
+    return rows, notes
+
+
+def _fmt_lam(lam: float) -> str:
+    return "0" if lam == 0 else (f"{lam:g}" if lam >= 0.01 else f"{lam:.0e}".replace("e-0", "e-"))
+
+
+def _model(lam) -> str:
+    if lam is None:
+        return "stage 2"
+    return "stage 2, λ = 0 (MSE only)" if lam == 0 else f"stage 2, λ = {_fmt_lam(lam)}"
+
+
+def _cell(v, signed: bool = False) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "—"
+    if isinstance(v, float):
+        return f"{v:+.2f}" if signed else f"{v:.2f}"
+    return str(v)
+
+
+def to_markdown(rows: list[dict], notes: list[str] = (), title: str = "") -> str:
+    head = ["model", "median nc-R² (%)", "Δ median vs stage 1 (%)", "mean nc-R² (%)", "Δ mean vs stage 1 (%)",
+            "epoch"]
+    out = [f"### {title}", ""] if title else []
+    for split, caption in (("validation", "Validation part carved from the training split (where λ is chosen)"),
+                           ("test", "Test split, scored once (the selected λ)")):
+        part = [r for r in rows if r["split"] == split]
+        if not part:
+            continue
+        out += [f"{caption}:", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for r in part:
+            out.append("| " + " | ".join([r["model"], _cell(r["median_nc_r2"]), _cell(r["change_median_pct"], True),
+                                          _cell(r["mean_nc_r2"]), _cell(r["change_mean_pct"], True),
+                                          _cell(r["best_epoch"])]) + " |")
+        out.append("")
+    out += [f"- {n}" for n in notes]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def to_csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: "" if r.get(k) is None else r[k] for k in COLUMNS})
+    return buf.getvalue()
+
+
+def write_stage_table(rows: list[dict], notes: list[str], out_dir: str | Path, name: str, title: str = "") -> dict:
+    out_dir = Path(out_dir)
+    md, cs = out_dir / f"{name}.stages.md", out_dir / f"{name}.stages.csv"
+    markdown = to_markdown(rows, notes, title)
+    atomic_write_bytes(md, markdown.encode())
+    atomic_write_bytes(cs, to_csv(rows).encode())
+    return {"markdown": str(md), "csv": str(cs), "text": markdown}
+
+
+def stage_table_report(sweep, summary: dict) -> dict:
+    """Sweep report hook: the Table 3 of this study's records, written and printed."""
+    records = [r for r in sweep.runner.store.records() if (r.get("sweep") or {}).get("study") == sweep.name]
+    lam_key = next(iter(sweep.space), "lam") if len(sweep.space) == 1 else "lam"
+    rows, notes = stage_rows(records, lam_key)
+    out = write_stage_table(rows, notes, Path(sweep.runner.cfg["results_dir"]) / "tables", sweep.name,
+                            title=f"{sweep.name}: stage 1 vs stage 2 per λ (seed 004 Table 3)")
+    print(out["text"], flush=True)
+    return {"markdown": out["markdown"], "csv": out["csv"]}
