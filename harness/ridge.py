@@ -155,7 +155,7 @@ class RidgeCV:
         Y_mean = Y.mean(0) if d.fit_intercept else torch.zeros(Y.shape[1], device=device, dtype=self.dtype)
 
         if isinstance(cv, int):
-            errors = self._kfold_errors(X, Y, cv, alphas, device)
+            errors = self._kfold_errors(X, Y, cv, alphas, device, d.fit_intercept, d.mode)
         else:
             errors = torch.empty(len(alphas), Y.shape[1], device=device, dtype=self.dtype)
         U = d.left_vectors()
@@ -181,8 +181,9 @@ class RidgeCV:
         self.intercept_ = Y_mean - d.X_mean @ coef
         return self
 
-    def _kfold_errors(self, X, Y, k, alphas, device) -> torch.Tensor:
-        """Mean squared validation error per α and target over K contiguous folds."""
+    def _kfold_errors(self, X, Y, k, alphas, device, fit_intercept, solver) -> torch.Tensor:
+        """Mean over K contiguous folds of the per-fold mean squared validation error (himalaya's
+        criterion), per α and target, with the decomposition's intercept and solver settings."""
         X = _as_tensor(X, device, self.dtype)
         n = X.shape[0]
         errors = torch.zeros(len(alphas), Y.shape[1], device=device, dtype=self.dtype)
@@ -191,8 +192,8 @@ class RidgeCV:
         for lo, hi in zip(bounds[:-1], bounds[1:]):
             val = torch.zeros(n, dtype=torch.bool, device=device)
             val[lo:hi] = True
-            d = Decomposition.of(X[~val], fit_intercept=self.fit_intercept, solver=self.solver,
-                                 device=device, dtype=self.dtype)
+            d = Decomposition.of(X[~val], fit_intercept=fit_intercept, solver=solver, device=device,
+                                 dtype=self.dtype)
             U = d.left_vectors()
             Xv = X[val] - d.X_mean
             # Validation predictions for every α: Xv W(α), W(α) = A diag(f(α)) Q.
@@ -200,15 +201,16 @@ class RidgeCV:
             step = self.target_batch or Y.shape[1]
             for start in range(0, Y.shape[1], step):
                 sl = slice(start, start + step)
-                Ytr = Y[~val][:, sl]
-                mu = Ytr.mean(0) if self.fit_intercept else torch.zeros_like(Ytr[0])
+                Yb = Y[:, sl]  # slice targets first: no copy of all of Y per batch
+                Ytr = Yb[~val]
+                mu = Ytr.mean(0) if fit_intercept else torch.zeros_like(Ytr[0])
                 Q = U.T @ (Ytr - mu)
-                Yv = Y[val][:, sl] - mu
+                Yv = Yb[val] - mu
                 for i, a in enumerate(alphas):
                     f = 1.0 / (d.eigvals + a) if d.mode == "dual" else d.eigvals.sqrt() / (d.eigvals + a)
                     err = Yv - proj @ (Q * f[:, None])
-                    errors[i, sl] += (err * err).sum(0)
-        return errors / n
+                    errors[i, sl] += (err * err).mean(0)
+        return errors / k
 
     # -- prediction ------------------------------------------------------------------
     def predict(self, X):
