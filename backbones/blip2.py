@@ -80,9 +80,6 @@ from __future__ import annotations
 import difflib
 import itertools
 import json
-import os
-import re
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -91,13 +88,15 @@ from harness.backbone import Backbone, StimulusBatch
 from harness.errors import ConfigError, DataError, WeightsUnavailable
 from harness.features import apply_readout
 from harness.registry import register_backbone
+from harness.weights import first_line as _first_line
+from harness.weights import jsonable as _jsonable
+from harness.weights import offline_reason as _offline_reason
 from harness.weights import parse_weights, unavailable
 
 GENERATION_ID = "Salesforce/blip2-opt-2.7b"
 RETRIEVAL_ID = "Salesforce/blip2-itm-vit-g"
 VARIANTS = ("generation", "retrieval")
 _CLASSES = {"generation": "Blip2ForConditionalGeneration", "retrieval": "Blip2ForImageTextRetrieval"}
-_TRUTHY = {"1", "on", "yes", "true"}
 # Pieces of the offline random-init tokenizer: WordPiece over single characters covers any
 # lower-case ASCII text ("red" → r ##e ##d) and decodes back to it.
 _CHARS = list("abcdefghijklmnopqrstuvwxyz0123456789")
@@ -114,36 +113,10 @@ _WORDS = ("a an the of in on at with and or is are to from by for near next abov
           "playing riding eating parked flying view of simple close up").split()
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:200] if text else type(e).__name__
 
 
-def _jsonable(x):
-    return json.loads(json.dumps(x, sort_keys=True, default=str))
 
 
-def _offline_reason() -> str | None:
-    """Why the hub cannot be reached (``None`` = let the library try); at most a 3 s probe."""
-    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        if os.environ.get(var, "").strip().lower() in _TRUTHY:
-            return f"{var} is set"
-    host = "huggingface.co"
-    try:
-        from huggingface_hub import constants
-
-        if constants.HF_HUB_OFFLINE:
-            return "HF_HUB_OFFLINE is set"
-        host = re.sub(r"^https?://", "", constants.ENDPOINT).split("/")[0].split(":")[0] or host
-    except ImportError:
-        pass
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return None  # a proxy may work where a direct connection does not
-    try:
-        socket.create_connection((host, 443), timeout=3).close()
-        return None
-    except OSError as e:
-        return f"cannot reach {host}: {_first_line(e)}"
 
 
 def _hub_cache() -> str:

@@ -49,7 +49,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import tempfile
 from pathlib import Path
 
@@ -59,21 +58,17 @@ from harness.backbone import Backbone, StimulusBatch
 from harness.errors import ConfigError, DataError, HarnessError
 from harness.features import apply_readout
 from harness.registry import register_backbone
+from harness.weights import first_line as _first_line
+from harness.weights import jsonable as _jsonable
+from harness.weights import offline_reason as _offline_reason
 from harness.weights import parse_weights, unavailable
 
 DEFAULT_MODEL = "ViT-B-32"
-_TRUTHY = {"1", "on", "yes", "true"}
 _CONFIG_DIR: Path | None = None  # where custom model configs are written for open_clip
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:200] if text else type(e).__name__
 
 
-def _jsonable(x):
-    """Tuples → lists etc., so configs compare and hash the same however they were given."""
-    return json.loads(json.dumps(x, sort_keys=True, default=str))
 
 
 def register_model_config(cfg: dict, label: str = "custom") -> str:
@@ -93,24 +88,6 @@ def register_model_config(cfg: dict, label: str = "custom") -> str:
     return name
 
 
-def _offline_reason(host: str) -> str | None:
-    """Why the hub cannot be reached (``None`` = try it); fast: env flags, then a 3 s probe."""
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUTHY:
-        return "HF_HUB_OFFLINE is set"
-    try:
-        from huggingface_hub import constants
-
-        if constants.HF_HUB_OFFLINE:
-            return "HF_HUB_OFFLINE is set"
-    except ImportError:
-        pass
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return None  # a proxy may work where a direct connection does not: let the library try
-    try:
-        socket.create_connection((host, 443), timeout=3).close()
-        return None
-    except OSError as e:
-        return f"cannot reach {host}: {_first_line(e)}"
 
 
 @register_backbone("clip")

@@ -56,7 +56,6 @@ import difflib
 import inspect
 import json
 import os
-import socket
 from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlparse
@@ -67,11 +66,13 @@ from harness.backbone import Backbone, StimulusBatch
 from harness.errors import ConfigError, DataError, HarnessError
 from harness.features import apply_readout
 from harness.registry import register_backbone
+from harness.weights import first_line as _first_line
+from harness.weights import jsonable as _jsonable
+from harness.weights import offline_reason as _offline_reason
 from harness.weights import parse_weights, unavailable
 
 DEFAULT_MODEL = "eva02_base_patch14_224.mim_in22k"
 PREPROCESS_MODES = ("tensor", "pil")
-_TRUTHY = {"1", "on", "yes", "true"}
 # create_model arguments the plugin sets itself (weights, preprocessing, RGB input, outputs)
 _RESERVED_KWARGS = {"pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path", "features_only",
                     "out_indices", "feature_cls", "pretrained_strict", "cache_dir", "device", "dtype", "in_chans",
@@ -79,14 +80,8 @@ _RESERVED_KWARGS = {"pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "c
 _ARCH_CACHE: dict[str, dict] = {}  # (model name, kwargs) → block count and token layout
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:200] if text else type(e).__name__
 
 
-def _jsonable(x):
-    """Tuples → lists etc., so configs compare and hash the same however they were given."""
-    return json.loads(json.dumps(x, sort_keys=True, default=str))
 
 
 def _tuples(x):
@@ -98,24 +93,6 @@ def _tuples(x):
     return x
 
 
-def _offline_reason(host: str) -> str | None:
-    """Why the hub cannot be reached (``None`` = try it); fast: env flags, then a 3 s probe."""
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUTHY:
-        return "HF_HUB_OFFLINE is set"
-    try:
-        from huggingface_hub import constants
-
-        if constants.HF_HUB_OFFLINE:
-            return "HF_HUB_OFFLINE is set"
-    except ImportError:
-        pass
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return None  # a proxy may work where a direct connection does not: let the library try
-    try:
-        socket.create_connection((host, 443), timeout=3).close()
-        return None
-    except OSError as e:
-        return f"cannot reach {host}: {_first_line(e)}"
 
 
 def _eva_models() -> list[str]:

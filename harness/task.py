@@ -14,7 +14,7 @@ from typing import Any, Callable, ClassVar
 
 import numpy as np
 
-from .data import Responses, Stimuli, Subject
+from .data import Responses, Stimuli
 from .errors import ConfigError, DataError
 from .noise_ceiling import ncsnr, noise_ceiling
 

@@ -73,3 +73,47 @@ def unavailable(backbone: str, spec: WeightsSpec, error: Exception, how: str) ->
     return WeightsUnavailable(
         f"{backbone}: cannot load pretrained weights {spec.id!r} ({first}). Offline? {how}, "
         f"or set weights: local:<path> to a saved checkpoint, or weights: random-init for an untrained model")
+
+
+_TRUTHY = {"1", "on", "yes", "true"}
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (for one-line errors)."""
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__
+
+
+def jsonable(x):
+    """Tuples → lists etc., so configs compare and hash the same however they were given."""
+    import json
+
+    return json.loads(json.dumps(x, sort_keys=True, default=str))
+
+
+def offline_reason(host: str | None = None) -> str | None:
+    """Why a model hub cannot be reached (``None`` = let the library try): the offline flags,
+    then at most a 3 s connection probe — so an offline run fails in milliseconds, not after
+    the libraries' own retries."""
+    import re
+    import socket
+
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(var, "").strip().lower() in _TRUTHY:
+            return f"{var} is set"
+    try:
+        from huggingface_hub import constants
+
+        if constants.HF_HUB_OFFLINE:
+            return "HF_HUB_OFFLINE is set"
+        host = host or re.sub(r"^https?://", "", constants.ENDPOINT).split("/")[0].split(":")[0]
+    except ImportError:
+        pass
+    host = host or "huggingface.co"
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None  # a proxy may work where a direct connection does not
+    try:
+        socket.create_connection((host, 443), timeout=3).close()
+        return None
+    except OSError as e:
+        return f"cannot reach {host}: {first_line(e)}"

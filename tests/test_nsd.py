@@ -139,7 +139,7 @@ def test_subject_cache_reopens_and_follows_source_changes(tmp_path):
 def test_incomplete_subject_and_first_n_sessions(tmp_path):
     m = fresh(tmp_path, n_sessions=3)
     ds = NSD(root=m.root, sessions=2, cache=False).load()
-    s, truth = ds.subject("subj01"), m.subjects[1]
+    s = ds.subject("subj01")
     assert ds.info["subjects"]["subj01"]["sessions"] == [1, 2]
     assert len(s.train.trial_stim) + len(s.test.trial_stim) == 120
     assert s.noise_ceiling is not None or s.nc_source.startswith("unavailable")
