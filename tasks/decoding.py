@@ -1,0 +1,435 @@
+"""Seed 000 end to end: brain → BLIP-2 Q-Former space → retrieval (Table 1), captions (Table 2),
+ROI-synthetic captions (Table 3). Each part is switchable (``stage2``, ``retrieval``,
+``captioning``, ``roi_captions``).
+
+Backbones. The unit's backbone (``ctx.backbone``) is the *generation* model: its ``layer``
+(default ``qformer``: the query outputs, 32×768 for ``Salesforce/blip2-opt-2.7b``) is the
+stage-1 target, and its language model writes the captions. ``retrieval_backbone`` is a backbone
+spec of the *retrieval* model whose image-text space stage 2 aligns to and whose Q-Former text
+path embeds the captions (default ``Salesforce/blip2-itm-vit-g``, as in the paper; ``null`` =
+the unit's backbone). On the synthetic data both are the ``blip2-synthetic`` checkpoints
+(:mod:`backbones.blip2_synthetic`).
+
+Stage 1 — ridge from the standardised voxels of ``roi`` (default ``nsdgeneral``) to the
+flattened query outputs, one α per target chosen by GCV on the fit rows (:func:`fit_ridge`).
+
+Stage 2 — eq. 1 (:mod:`tasks.contrastive`). Selection never leaves the fit rows: a validation
+part (``validation_fraction``) is carved from them (:func:`harness.task.selection_split`); a
+ridge fitted on the rest starts stage 2, whose best epoch on the validation part (``select_on``:
+eq. 1's total or one of its terms; epoch 0 = the ridge) is kept. With ``refit`` (default) stage 2 is then retrained from the stage-1
+ridge of *all* fit rows for exactly that many epochs; without it, the validation-selected
+model is used as it is.
+
+Retrieval (DESIGN §6, MindEye-2 protocol, :func:`harness.metrics.top1_retrieval`):
+``n_candidates`` score images, ``n_trials`` (image) / ``text_trials`` (text) draws, mean and
+95 % CI, for both stages. ``brain→image`` / ``image→brain``: cosine of the flattened query
+outputs (brain prediction vs the image's true ones). ``brain→text`` / ``text→brain``: BLIP-2's
+image-text similarity (max over query tokens of the cosine) between the brain prediction in
+the shared space and the text embedding of the image's ``caption_index``-th caption — stage 1
+reads its prediction through the retrieval model's own ``vision_projection`` and texts through
+its own text path (no training: the zero-shot reading), stage 2 through ``brain_projection``
+and its fine-tuned text path. (A full similarity matrix S is turned into a top-1 test as
+``top1_retrieval(S, I)``: row normalisation does not move a row's argmax.)
+
+Captioning (:mod:`tasks.captioning`): captions of both stages' predictions and of the
+reference systems (nearest-neighbour training caption, the true image's caption, shuffled
+brain), scored against all captions of each image with
+:func:`harness.caption_metrics.caption_scores` (``caption_metrics``: names, ``null`` = all).
+``prompt``: ``null`` (BOS only), a string, or a list of candidates — then the one whose
+validation captions score best on ``select_metric`` is used (validation part of the fit rows,
+predicted by the stage-2 model selected there, or by the train-part ridge without stage 2).
+
+Record: ``scores`` — the caption metrics of the final brain model (stage 2, or stage 1 when
+``stage2: false``) under their own names, ``stage1_<metric>`` for stage 1, the retrieval means
+as ``stage1 brain→image`` … ``stage2 text→brain``, ``stage1 query_r2`` / ``stage2 query_r2`` (1 −
+SSE/SST of the predicted query outputs over the scored rows), ``best_epoch``; ``tables`` —
+``retrieval`` (rows with ``stage``, stage 2 first), ``captioning`` (one row per ``system``),
+``roi_captions`` (``roi``, ``stage``, ``caption``), ``caption_examples``, ``stage2_history``,
+``prompt_selection``; the sidecar holds the per-image caption scores and every caption.
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+from typing import ClassVar
+
+import numpy as np
+
+from harness import registry
+from harness.errors import ConfigError, DataError
+from harness.features import flatten_rows
+from harness.metrics import top1_retrieval
+from harness.registry import register_task
+from harness.task import TaskContext, TaskOutput, selection_split, standardise
+from tasks import captioning as cap
+from tasks.contrastive import (
+    STAGE2_PARAMS,
+    STAGE2_SPACE,
+    Paired,
+    brain_outputs,
+    encode_texts,
+    query_text_similarity,
+    train_stage2,
+    validate_stage2,
+)
+from tasks.encoding import RIDGE_SPACE, fit_ridge
+from tasks.retrieval import RetrievalTask
+
+RETRIEVAL_SPEC = {"name": "blip2", "model": "Salesforce/blip2-itm-vit-g", "weights": "pretrained"}
+GENERATE = ("max_new_tokens", "num_beams")
+
+
+@register_task("decoding")
+class DecodingTask(RetrievalTask):
+    direction = "brain→image, brain→text"
+    needs = ("image", "text")
+    main_score = "meteor"
+    params: ClassVar[dict] = {**RetrievalTask.params, "text_trials": 50, "caption_index": 0,
+              "stage2": True, "retrieval": True, "captioning": True, "roi_captions": True,
+              "retrieval_backbone": RETRIEVAL_SPEC, "validation_fraction": 0.2, "refit": True,
+              **STAGE2_PARAMS,
+              "prompt": None, "max_new_tokens": 30, "num_beams": 1, "caption_metrics": None,
+              "select_metric": "meteor", "nn_caption_index": 0, "roi_scale": 11.0, "roi_stages": [1, 2],
+              "examples": 8, "num_threads": None}
+    search_space: ClassVar[dict] = {**RIDGE_SPACE, **STAGE2_SPACE}
+
+    def validate(self):
+        super().validate()
+        p = self.p
+        validate_stage2(p)
+        if not isinstance(p["text_trials"], int) or p["text_trials"] < 2:
+            raise ConfigError(f"decoding: text_trials must be an integer ≥ 2, got {p['text_trials']!r}")
+        for k in ("stage2", "retrieval", "captioning", "refit"):
+            if not isinstance(p[k], bool):
+                raise ConfigError(f"decoding: {k} must be true or false, got {p[k]!r}")
+        if not (p["roi_captions"] in (True, False, None) or isinstance(p["roi_captions"], (list, dict))):
+            raise ConfigError("decoding: roi_captions must be true/false, a list of ROI names or a mapping")
+        rb = p["retrieval_backbone"]
+        if rb is not None and not (isinstance(rb, dict) and isinstance(rb.get("name"), str)):
+            raise ConfigError(f"decoding: retrieval_backbone must be a backbone spec {{name: ..., ...}} or null, "
+                              f"got {rb!r}")
+        if rb is not None and rb["name"] not in registry.backbones:
+            registry.backbones.get(rb["name"])  # raises with "did you mean"
+        prompt = p["prompt"]
+        if not (prompt is None or isinstance(prompt, str)
+                or (isinstance(prompt, list) and prompt and all(x is None or isinstance(x, str) for x in prompt))):
+            raise ConfigError(f"decoding: prompt must be null, a string or a non-empty list of them, got {prompt!r}")
+        for k, low in (("max_new_tokens", 1), ("num_beams", 1), ("nn_caption_index", 0), ("caption_index", 0),
+                       ("examples", 0)):
+            if not isinstance(p[k], int) or isinstance(p[k], bool) or p[k] < low:
+                raise ConfigError(f"decoding: {k} must be an integer ≥ {low}, got {p[k]!r}")
+        if not isinstance(p["roi_scale"], (int, float)) or not p["roi_scale"] > 0:
+            raise ConfigError(f"decoding: roi_scale must be > 0, got {p['roi_scale']!r}")
+        if not (isinstance(p["roi_stages"], list) and set(p["roi_stages"]) <= {1, 2} and p["roi_stages"]):
+            raise ConfigError(f"decoding: roi_stages must be a non-empty list of 1 and/or 2, got {p['roi_stages']!r}")
+        if not 0 < float(p["validation_fraction"]) < 1:
+            raise ConfigError(f"decoding: validation_fraction must be in (0, 1), got {p['validation_fraction']}")
+        if p["caption_metrics"] is not None and not isinstance(p["caption_metrics"], list):
+            raise ConfigError(f"decoding: caption_metrics must be null (all) or a list, got {p['caption_metrics']!r}")
+
+    # -- running ----------------------------------------------------------------------
+    def run(self, ctx: TaskContext) -> TaskOutput:
+        from backbones.blip2_synthetic import torch_threads
+
+        with torch_threads(self.p["num_threads"]):
+            return self._run(ctx)
+
+    def retrieval_model(self, ctx: TaskContext):
+        spec = self.p["retrieval_backbone"]
+        if spec is None:
+            return ctx.backbone
+        key = ("decoding-retrieval-backbone", json.dumps(spec, sort_keys=True, default=str), str(ctx.device))
+        if key not in ctx.memo:  # one instance per run (and per sweep)
+            params = {k: v for k, v in spec.items() if k not in ("name", "label")}
+            params.setdefault("device", ctx.device)
+            ctx.memo[key] = registry.backbones.get(spec["name"])(**params)
+        return ctx.memo[key]
+
+    def _run(self, ctx: TaskContext) -> TaskOutput:
+        from harness.ridge import resolve_device
+
+        p, t = self.p, {}
+        device = str(resolve_device(ctx.device))
+        t0 = time.perf_counter()
+        gen = ctx.backbone
+        Y_fit = flatten_rows(ctx.features(ctx.fit.stim_ids, p["layer"]))
+        Y_score = flatten_rows(ctx.features(ctx.score.stim_ids, p["layer"]))
+        shape = _query_shape(gen, Y_fit.shape[1])
+        mask = self.voxels(ctx)
+        B_fit, B_score = standardise(ctx.fit.averaged[:, mask], ctx.score.averaged[:, mask])
+        t["features_s"] = time.perf_counter() - t0
+
+        # stage 1: ridge on every fit row (α per target by GCV on them)
+        ridge_p = dict(p, standardize=False, pca=None)
+        t0 = time.perf_counter()
+        ridge1, P1 = fit_ridge(ridge_p, ctx, B_fit, Y_fit, B_score, ("decoding", p["roi"], ctx.evaluated_on,
+                                                                      len(B_fit)))
+        coef1, icpt1 = ridge1.coef_.cpu().numpy(), ridge1.intercept_.cpu().numpy()
+        t["stage1_s"] = time.perf_counter() - t0
+        details = {"stage1_alpha_median": float(ridge1.best_alphas_.median()), "n_voxels": int(mask.sum()),
+                   "query_shape": list(shape)}
+
+        fit_caps = [list(ctx.stimuli.captions.get(int(i), [])) for i in ctx.fit.stim_ids]
+        need_text = p["stage2"] or p["retrieval"]
+        retr = self.retrieval_model(ctx) if need_text else None
+        val = None  # (validation rows, validation-selected model, train-part ridge)
+        stage2 = None
+        tables: dict = {}
+        if p["stage2"]:
+            t0 = time.perf_counter()
+            stage2, val, history = self._stage2(ctx, retr, B_fit, Y_fit, fit_caps, ridge_p, (coef1, icpt1), shape,
+                                                device)
+            tables["stage2_history"] = history
+            details["best_epoch"] = stage2.best_epoch
+            t["stage2_s"] = time.perf_counter() - t0
+        P2 = S2 = None
+        if stage2 is not None:
+            P2, S2 = brain_outputs(stage2.model, B_score, device)
+
+        scores: dict = {"n_voxels": int(mask.sum()), "embedding_dim": int(Y_fit.shape[1]),
+                        "stage1 query_r2": _r2(P1, Y_score)}
+        if stage2 is not None:
+            scores["best_epoch"] = stage2.best_epoch
+            scores["stage2 query_r2"] = _r2(P2, Y_score)
+        if p["retrieval"]:
+            t0 = time.perf_counter()
+            rows = self._retrieval(ctx, retr, shape, P1, P2, S2, Y_score, stage2, device)
+            tables["retrieval"] = rows
+            for r in rows:
+                scores[f"stage{r['stage']} {r['direction']}"] = r["mean"]
+            t["retrieval_s"] = time.perf_counter() - t0
+
+        per_image: dict = {}
+        main = self.main_score
+        if p["captioning"]:
+            t0 = time.perf_counter()
+            cap_rows, per_image, cap_scores, examples, prompt_rows, prompt = self._captioning(
+                ctx, gen, P1, P2, Y_fit, Y_score, fit_caps, val, B_fit, ridge_p, device)
+            tables["captioning"] = cap_rows
+            tables["caption_examples"] = examples
+            if prompt_rows:
+                tables["prompt_selection"] = prompt_rows
+            details["prompt"] = prompt
+            scores.update(cap_scores)
+            t["captioning_s"] = time.perf_counter() - t0
+        if p["roi_captions"]:
+            t0 = time.perf_counter()
+            prompt = details["prompt"] if "prompt" in details else \
+                (p["prompt"][0] if isinstance(p["prompt"], list) else p["prompt"])
+            tables["roi_captions"], skipped = self._roi_captions(ctx, gen, mask, shape, (coef1, icpt1), stage2,
+                                                                 prompt)
+            if skipped:
+                details["roi_groups_skipped"] = skipped
+            t["roi_captions_s"] = time.perf_counter() - t0
+        if scores.get(main) is None:
+            main = next((k for k in ("stage2 brain→text", "stage2 brain→image", "stage1 brain→image")
+                         if scores.get(k) is not None), "n_voxels")
+        details["caption_metric_info"] = scores.pop("_caption_info", None)
+        return TaskOutput(main, scores, tables, per_image, {"timings": t, "details": details})
+
+    # -- stage 2 ----------------------------------------------------------------------
+    def _stage2(self, ctx, retr, B_fit, Y_fit, fit_caps, ridge_p, init, shape, device):
+        p = self.p
+        tr, va = selection_split(ctx.fit, float(p["validation_fraction"]), ctx.seed)
+        rows_tr = np.flatnonzero(np.isin(ctx.fit.stim_ids, tr.stim_ids))
+        rows_va = np.flatnonzero(np.isin(ctx.fit.stim_ids, va.stim_ids))
+        ridge_tr, _ = fit_ridge(ridge_p, ctx, B_fit[rows_tr], Y_fit[rows_tr], B_fit[rows_va],
+                                ("decoding-train-part", p["roi"], ctx.evaluated_on, len(rows_tr), ctx.seed,
+                                 float(p["validation_fraction"])))
+        model_r, tok = _retrieval_modules(retr)
+        part = lambda rows: Paired(B_fit[rows], Y_fit[rows], [fit_caps[r] for r in rows])
+        selected = train_stage2(ridge_tr.coef_.cpu().numpy(), ridge_tr.intercept_.cpu().numpy(), shape, model_r,
+                                tok, part(rows_tr), p, val=part(rows_va), seed=ctx.seed, device=device,
+                                progress=ctx.progress)
+        history = [{"run": "selection", **h} for h in selected.history]
+        final = selected
+        if p["refit"]:
+            final = train_stage2(*init, shape, model_r, tok, part(np.arange(len(B_fit))), p,
+                                 epochs=selected.best_epoch, seed=ctx.seed, device=device, progress=ctx.progress)
+            final.best_epoch = selected.best_epoch
+            history += [{"run": "refit", **h} for h in final.history]
+        return final, (rows_va, selected, ridge_tr), history
+
+    # -- retrieval --------------------------------------------------------------------
+    def _retrieval(self, ctx, retr, shape, P1, P2, S2, Y_score, stage2, device) -> list[dict]:
+        import torch
+
+        p = self.p
+        n = len(Y_score)
+        if n < p["n_candidates"]:
+            raise DataError(f"decoding: {n} scored images, fewer than n_candidates={p['n_candidates']}")
+        texts = [_caption(ctx.stimuli, i, p["caption_index"]) for i in ctx.score.stim_ids]
+        img_kw = {"n_candidates": p["n_candidates"], "n_trials": p["n_trials"], "seed": p["seed"]}
+        txt_kw = {"n_candidates": p["n_candidates"], "n_trials": p["text_trials"], "seed": p["seed"]}
+        eye = np.eye(n, dtype=np.float32)
+        model_r, _ = _retrieval_modules(retr)
+        with torch.no_grad():
+            vp = model_r.vision_projection
+            q = torch.as_tensor(P1.reshape(n, *shape), device=vp.weight.device, dtype=vp.weight.dtype)
+            S1 = torch.nn.functional.normalize(vp(q), dim=-1).float().cpu().numpy()
+        T1 = retr.encode_text(texts)
+        stages = [(1, P1, S1, T1)]
+        if stage2 is not None:
+            T2 = encode_texts(stage2.model, retr.tokenizer, texts, self.p, device)
+            stages.insert(0, (2, P2, S2, T2))
+        rows = []
+        for stage, P, S, T in stages:
+            sim = query_text_similarity(S, T)  # (brain, text)
+            rows += [{"stage": stage, "direction": "brain→image", **top1_retrieval(P, Y_score, **img_kw)},
+                     {"stage": stage, "direction": "image→brain", **top1_retrieval(Y_score, P, **img_kw)},
+                     {"stage": stage, "direction": "text→brain", **top1_retrieval(sim.T, eye, **txt_kw)},
+                     {"stage": stage, "direction": "brain→text", **top1_retrieval(sim, eye, **txt_kw)}]
+        return rows
+
+    # -- captioning -------------------------------------------------------------------
+    def _gen_kwargs(self) -> dict:
+        return {"max_new_tokens": self.p["max_new_tokens"], "num_beams": self.p["num_beams"], "do_sample": False}
+
+    def _captioning(self, ctx, gen, P1, P2, Y_fit, Y_score, fit_caps, val, B_fit, ridge_p, device):
+        p = self.p
+        _check_generator(gen)
+        refs = [list(ctx.stimuli.captions.get(int(i), [])) for i in ctx.score.stim_ids]
+        if any(not r for r in refs):
+            raise DataError("decoding: every scored image needs reference captions for the captioning part")
+        kw = self._gen_kwargs()
+        prompt, prompt_rows = p["prompt"], []
+        if isinstance(prompt, list):
+            if len(prompt) == 1:
+                prompt = prompt[0]
+            else:
+                rows_va, q_va = self._validation_predictions(ctx, val, B_fit, ridge_p, Y_fit, device)
+                prompt, prompt_rows = cap.select_prompt(p["prompt"], gen, q_va, [fit_caps[r] for r in rows_va], kw,
+                                                        p["select_metric"], _metric_device(device))
+        best = P2 if P2 is not None else P1
+        systems = {}
+        if P2 is not None:
+            systems["brain (stage 2)"] = cap.generate(gen, P2, prompt, kw)
+        systems["brain (stage 1)"] = cap.generate(gen, P1, prompt, kw)
+        systems["nearest-neighbour"], nn_rows = cap.nearest_neighbour_captions(best, Y_fit, fit_caps,
+                                                                               p["nn_caption_index"])
+        systems["true image"] = cap.generate(gen, Y_score, prompt, kw)
+        main_system = "brain (stage 2)" if P2 is not None else "brain (stage 1)"
+        perm = cap.derangement(len(refs), p["seed"])
+        shuffled_refs = [refs[j] for j in perm]  # the brain captions scored against another image's references
+        rows, per_image, scores = [], {}, {}
+        sidecar_ids = np.asarray(ctx.score.stim_ids)
+        per_image["caption_stim_ids"] = sidecar_ids
+        info = None
+        for name in [*systems, "shuffled brain"]:
+            preds = systems[main_system] if name == "shuffled brain" else systems[name]
+            r = shuffled_refs if name == "shuffled brain" else refs
+            pi, summary, info = cap.score_captions(preds, r, p["caption_metrics"], _metric_device(device))
+            row = {"system": name, **summary, "n_images": len(preds)}
+            if name == "nearest-neighbour":
+                row["brain_model"] = main_system
+            if name == "shuffled brain":
+                row["brain_model"] = main_system
+            rows.append(row)
+            slug = _slug(name)
+            for metric, values in pi.items():
+                per_image[f"caption_{slug}_{metric}"] = np.asarray(values, dtype=np.float64)
+            if name != "shuffled brain":
+                per_image[f"captions_{slug}"] = np.asarray(preds, dtype=str)
+            if name == main_system:
+                scores.update(summary)
+            if name == "brain (stage 1)" and P2 is not None:
+                scores.update({f"stage1_{k}": v for k, v in summary.items()})
+        per_image["nearest_neighbour_train_ids"] = np.asarray(ctx.fit.stim_ids)[nn_rows]
+        per_image["shuffled_brain_permutation"] = perm
+        scores["_caption_info"] = {k: v for k, v in (info or {}).items() if k != "inputs"}
+        examples = [{"stim_id": int(ctx.score.stim_ids[i]), "reference": refs[i][0],
+                     **{name: caps[i] for name, caps in systems.items()}}
+                    for i in range(min(p["examples"], len(refs)))]
+        return rows, per_image, scores, examples, prompt_rows, prompt
+
+    def _validation_predictions(self, ctx, val, B_fit, ridge_p, Y_fit, device):
+        """Query outputs predicted for the validation part of the fit rows by a model that never
+        saw them (the validation-selected stage-2 model, else a ridge fitted on the other rows)."""
+        if val is not None:
+            rows_va, selected, _ = val
+            return rows_va, brain_outputs(selected.model, B_fit[rows_va], device)[0]
+        _, va = selection_split(ctx.fit, float(self.p["validation_fraction"]), ctx.seed)
+        rows_va = np.flatnonzero(np.isin(ctx.fit.stim_ids, va.stim_ids))
+        rows_tr = np.setdiff1d(np.arange(len(B_fit)), rows_va)
+        _, pred = fit_ridge(ridge_p, ctx, B_fit[rows_tr], Y_fit[rows_tr], B_fit[rows_va],
+                            ("decoding-train-part", self.p["roi"], ctx.evaluated_on, len(rows_tr), ctx.seed,
+                             float(self.p["validation_fraction"])))
+        return rows_va, pred
+
+    # -- ROI-synthetic captions -------------------------------------------------------
+    def _roi_captions(self, ctx, gen, mask, shape, init, stage2, prompt):
+        p = self.p
+        _check_generator(gen)
+        groups, skipped = cap.roi_groups(ctx.rois, p["roi_captions"])
+        models = {}
+        if 1 in p["roi_stages"]:
+            models[1] = init
+        if 2 in p["roi_stages"] and stage2 is not None:
+            w = stage2.model.brain
+            models[2] = (w.weight.detach().T.cpu().numpy(), w.bias.detach().cpu().numpy())
+        voxels = np.flatnonzero(mask)
+        names, inputs = [], []
+        for name, m in groups.items():
+            x = m[voxels].astype(np.float32)
+            if x.any():
+                names.append(name)
+                inputs.append(x)
+            else:
+                skipped.append(name)
+        rows = []
+        for stage, (coef, icpt) in models.items():
+            q = np.stack([cap.roi_queries(coef, icpt, x, shape, p["roi_scale"]) for x in inputs]) if inputs else \
+                np.zeros((0, *shape), np.float32)
+            caps = cap.generate(gen, q, prompt, self._gen_kwargs())
+            rows += [{"roi": n, "stage": stage, "caption": c, "n_voxels": int(x.sum()), "scale": float(p["roi_scale"])}
+                     for n, c, x in zip(names, caps, inputs)]
+        return rows, skipped
+
+
+def _query_shape(backbone, width: int) -> tuple[int, int]:
+    cfg = getattr(getattr(backbone, "model", None), "config", None)
+    n_q = getattr(cfg, "num_query_tokens", None)
+    if not n_q or width % n_q:
+        raise ConfigError(f"decoding needs a BLIP-2 backbone whose layer holds its query outputs (got "
+                          f"{getattr(backbone, 'registry_name', type(backbone).__name__)} with {width} features)")
+    return int(n_q), width // int(n_q)
+
+
+def _retrieval_modules(retr):
+    model = getattr(retr, "model", None)
+    for attr in ("vision_projection", "text_projection", "embeddings", "qformer"):
+        if not hasattr(model, attr):
+            raise ConfigError("decoding: the retrieval backbone must be a BLIP-2 retrieval model "
+                              "(Blip2ForImageTextRetrieval, e.g. model: Salesforce/blip2-itm-vit-g or "
+                              "blip2-synthetic with variant: retrieval)")
+    return model, retr.tokenizer
+
+
+def _check_generator(gen) -> None:
+    if not hasattr(gen, "generate_from_query_embeds") or getattr(gen, "variant", "generation") != "generation":
+        raise ConfigError("decoding: captions need the unit's backbone to be a BLIP-2 generation model "
+                          "(e.g. blip2 with model: Salesforce/blip2-opt-2.7b), or set captioning: false and "
+                          "roi_captions: false")
+
+
+def _caption(stimuli, stim_id, index: int) -> str:
+    caps = stimuli.captions.get(int(stim_id), [])
+    if not caps:
+        raise DataError(f"decoding: stimulus {stim_id} has no caption for text retrieval")
+    return caps[min(index, len(caps) - 1)]
+
+
+def _r2(pred: np.ndarray, actual: np.ndarray) -> float:
+    """1 − SSE/SST over every query-output dimension of the scored rows (how much of the
+    embedding's variance across images the brain model predicts)."""
+    sst = float(((actual - actual.mean(0)) ** 2).sum())
+    return 1.0 - float(((actual - pred) ** 2).sum()) / sst if sst > 0 else float("nan")
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+
+
+def _metric_device(device: str) -> str | None:
+    return device if device.startswith("cuda") else "cpu"
