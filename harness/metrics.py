@@ -94,11 +94,13 @@ def _stat(fn, values: np.ndarray) -> float | None:
 
 @register_metric("top1")
 def top1_retrieval(queries: np.ndarray, candidates: np.ndarray, n_candidates: int = 300,
-                   n_trials: int = 30, seed: int = 0) -> dict:
+                   n_trials: int = 30, seed: int = 0, per_item: bool = False) -> dict:
     """Top-1 accuracy of finding row i of ``candidates`` for row i of ``queries``.
 
     ``queries`` and ``candidates`` are paired (row i ↔ row i). For brain→image pass
     (brain embeddings, image embeddings); for image→brain pass them the other way round.
+    ``per_item``: also ``item_hits`` — each query's hit rate over the trials it was drawn in
+    (NaN if never drawn), the unit of :func:`paired_difference`.
     """
     q = _unit_rows(queries)
     c = _unit_rows(candidates)
@@ -108,14 +110,35 @@ def top1_retrieval(queries: np.ndarray, candidates: np.ndarray, n_candidates: in
         raise DataError(f"retrieval needs at least {n_candidates} test items, got {len(q)}")
     rng = np.random.default_rng(seed)
     accs = np.empty(n_trials)
+    hits, drawn = np.zeros(len(q)), np.zeros(len(q))
     for t in range(n_trials):
         idx = rng.choice(len(q), size=n_candidates, replace=False)
         sims = q[idx] @ c[idx].T  # row: query, column: candidate
-        accs[t] = np.mean(sims.argmax(1) == np.arange(n_candidates))
+        hit = sims.argmax(1) == np.arange(n_candidates)
+        accs[t] = hit.mean()
+        hits[idx] += hit
+        drawn[idx] += 1
     half = 1.96 * accs.std(ddof=1) / np.sqrt(n_trials) if n_trials > 1 else float("nan")
     mean = float(accs.mean())
-    return {"mean": mean, "ci_low": mean - half, "ci_high": mean + half, "n_candidates": n_candidates,
-            "n_trials": n_trials, "chance": 1.0 / n_candidates, "seed": seed}
+    out = {"mean": mean, "ci_low": mean - half, "ci_high": mean + half, "n_candidates": n_candidates,
+           "n_trials": n_trials, "chance": 1.0 / n_candidates, "seed": seed}
+    if per_item:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out["item_hits"] = hits / drawn
+    return out
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray) -> dict:
+    """Mean of ``a − b`` over items scored by both (e.g. per-image hit rates of two models on
+    the same retrieval trials) with a 95 % CI over items (normal approximation): the items,
+    not the resampled trials, are the independent units, so this CI is the one to compare
+    two models with."""
+    d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+    d = d[np.isfinite(d)]
+    if len(d) < 2:
+        raise DataError(f"a paired difference needs at least two items scored by both, got {len(d)}")
+    mean, half = float(d.mean()), float(1.96 * d.std(ddof=1) / np.sqrt(len(d)))
+    return {"delta": mean, "delta_ci_low": mean - half, "delta_ci_high": mean + half, "n_items": int(len(d))}
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:

@@ -18,7 +18,8 @@ part (``validation_fraction``) is carved from them (:func:`harness.task.selectio
 ridge fitted on the rest starts stage 2, whose best epoch on the validation part (``select_on``:
 eq. 1's total or one of its terms; epoch 0 = the ridge) is kept. With ``refit`` (default) stage 2 is then retrained from the stage-1
 ridge of *all* fit rows for exactly that many epochs; without it, the validation-selected
-model is used as it is.
+model is used as it is. ``select_on: retrieval`` selects the epoch on Table 1 itself: the mean
+validation top-1 of the four directions (all validation images as candidates).
 
 Retrieval (DESIGN §6, MindEye-2 protocol, :func:`harness.metrics.top1_retrieval`):
 ``n_candidates`` score images, ``n_trials`` (image) / ``text_trials`` (text) draws, mean and
@@ -29,7 +30,10 @@ the shared space and the text embedding of the image's ``caption_index``-th capt
 reads its prediction through the retrieval model's own ``vision_projection`` and texts through
 its own text path (no training: the zero-shot reading), stage 2 through ``brain_projection``
 and its fine-tuned text path. (A full similarity matrix S is turned into a top-1 test as
-``top1_retrieval(S, I)``: row normalisation does not move a row's argmax.)
+``top1_retrieval(S, I)``: row normalisation does not move a row's argmax.) Stage-2 rows also
+carry ``delta`` = stage 2 − stage 1 on the same trials with a 95 % CI over test images
+(:func:`harness.metrics.paired_difference`): the trial CI resamples one test set, so it says
+how stable the mean is, not whether two models differ.
 
 Captioning (:mod:`tasks.captioning`): captions of both stages' predictions and of the
 reference systems (nearest-neighbour training caption, the true image's caption, shuffled
@@ -59,7 +63,7 @@ import numpy as np
 from harness import registry
 from harness.errors import ConfigError, DataError
 from harness.features import flatten_rows
-from harness.metrics import top1_retrieval
+from harness.metrics import paired_difference, top1_retrieval
 from harness.registry import register_task
 from harness.task import TaskContext, TaskOutput, selection_split, standardise
 from tasks import captioning as cap
@@ -178,8 +182,8 @@ class DecodingTask(RetrievalTask):
         tables: dict = {}
         if p["stage2"]:
             t0 = time.perf_counter()
-            stage2, val, history = self._stage2(ctx, retr, B_fit, Y_fit, fit_caps, ridge_p, (coef1, icpt1), shape,
-                                                device)
+            stage2, val, history = self._stage2(ctx, retr, B_fit, Y_fit, fit_caps, ridge_p,
+                                                (coef1, icpt1, ridge1.best_alphas_.cpu().numpy()), shape, device)
             tables["stage2_history"] = history
             details["best_epoch"] = stage2.best_epoch
             t["stage2_s"] = time.perf_counter() - t0
@@ -241,12 +245,14 @@ class DecodingTask(RetrievalTask):
         part = lambda rows: Paired(B_fit[rows], Y_fit[rows], [fit_caps[r] for r in rows])
         selected = train_stage2(ridge_tr.coef_.cpu().numpy(), ridge_tr.intercept_.cpu().numpy(), shape, model_r,
                                 tok, part(rows_tr), p, val=part(rows_va), seed=ctx.seed, device=device,
-                                progress=ctx.progress)
+                                progress=ctx.progress, alphas=ridge_tr.best_alphas_.cpu().numpy())
         history = [{"run": "selection", **h} for h in selected.history]
         final = selected
         if p["refit"]:
-            final = train_stage2(*init, shape, model_r, tok, part(np.arange(len(B_fit))), p,
-                                 epochs=selected.best_epoch, seed=ctx.seed, device=device, progress=ctx.progress)
+            coef, icpt, alphas = init
+            final = train_stage2(coef, icpt, shape, model_r, tok, part(np.arange(len(B_fit))), p,
+                                 epochs=selected.best_epoch, seed=ctx.seed, device=device, progress=ctx.progress,
+                                 alphas=alphas)
             final.best_epoch = selected.best_epoch
             history += [{"run": "refit", **h} for h in final.history]
         return final, (rows_va, selected, ridge_tr), history
@@ -273,13 +279,17 @@ class DecodingTask(RetrievalTask):
         if stage2 is not None:
             T2 = encode_texts(stage2.model, retr.tokenizer, texts, self.p, device)
             stages.insert(0, (2, P2, S2, T2))
-        rows = []
+        rows, hits = [], {}
         for stage, P, S, T in stages:
             sim = query_text_similarity(S, T)  # (brain, text)
-            rows += [{"stage": stage, "direction": "brain→image", **top1_retrieval(P, Y_score, **img_kw)},
-                     {"stage": stage, "direction": "image→brain", **top1_retrieval(Y_score, P, **img_kw)},
-                     {"stage": stage, "direction": "text→brain", **top1_retrieval(sim.T, eye, **txt_kw)},
-                     {"stage": stage, "direction": "brain→text", **top1_retrieval(sim, eye, **txt_kw)}]
+            for direction, (q, c), kw in (("brain→image", (P, Y_score), img_kw), ("image→brain", (Y_score, P), img_kw),
+                                          ("text→brain", (sim.T, eye), txt_kw), ("brain→text", (sim, eye), txt_kw)):
+                r = top1_retrieval(q, c, **kw, per_item=True)
+                hits[stage, direction] = r.pop("item_hits")
+                rows.append({"stage": stage, "direction": direction, **r})
+        for r in rows:  # stage 2 vs stage 1 on the same trials, CI over test images (the paired comparison)
+            if r["stage"] == 2:
+                r.update(paired_difference(hits[2, r["direction"]], hits[1, r["direction"]]))
         return rows
 
     # -- captioning -------------------------------------------------------------------

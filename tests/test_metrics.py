@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from harness.errors import DataError
-from harness.metrics import encoding_scores, normalised_r2, pearson_r, top1_retrieval
+from harness.metrics import encoding_scores, normalised_r2, paired_difference, pearson_r, top1_retrieval
 
 
 def test_pearson_matches_numpy_and_handles_constant_columns():
@@ -58,3 +58,24 @@ def test_top1_perfect_chance_and_direction():
 def test_top1_needs_enough_items():
     with pytest.raises(DataError, match="at least 300"):
         top1_retrieval(np.ones((10, 3)), np.ones((10, 3)))
+
+
+def test_paired_difference_over_items():
+    """Per-item hit rates average to the trial mean; the paired CI is over items and detects a
+    better model that the per-model trial CIs alone do not compare."""
+    rng = np.random.default_rng(3)
+    img = rng.standard_normal((400, 32))
+    good, bad = img + 1.2 * rng.standard_normal(img.shape), img + 1.6 * rng.standard_normal(img.shape)
+    a = top1_retrieval(good, img, n_trials=20, per_item=True)
+    b = top1_retrieval(bad, img, n_trials=20, per_item=True)
+    drawn = np.isfinite(a["item_hits"])
+    assert drawn.sum() > 300 and np.isnan(a["item_hits"][~drawn]).all()
+    # every trial draws the same number of items, so the trial mean = the draw-weighted item mean
+    assert a["mean"] > b["mean"]
+    d = paired_difference(a["item_hits"], b["item_hits"])
+    assert d["n_items"] == drawn.sum() and d["delta_ci_low"] > 0
+    assert d["delta"] == pytest.approx(np.nanmean(a["item_hits"] - b["item_hits"]))
+    same = paired_difference(a["item_hits"], a["item_hits"])
+    assert same["delta"] == 0 and same["delta_ci_low"] == same["delta_ci_high"] == 0
+    with pytest.raises(DataError, match="at least two items"):
+        paired_difference(np.array([np.nan, 1.0]), np.array([0.0, np.nan]))

@@ -71,6 +71,10 @@ def test_record_is_complete(run):
         for d, r in got.items():
             assert r["n_candidates"] == N_CANDIDATES and r["n_trials"] == (5 if "image" in d else 10)
             assert r["ci_low"] <= r["mean"] <= r["ci_high"] and r["chance"] == pytest.approx(1 / N_CANDIDATES)
+            if stage == 2:  # paired over test images, same trials: Δ of the means
+                one = next(x for x in rows if x["stage"] == 1 and x["direction"] == d)
+                assert r["delta"] == pytest.approx(r["mean"] - one["mean"], abs=0.05)
+                assert r["delta_ci_low"] <= r["delta"] <= r["delta_ci_high"] and r["n_items"] > N_CANDIDATES / 2
     systems = {r["system"]: r for r in tables["captioning"]}
     assert list(systems) == list(cap.SYSTEMS)
     for r in systems.values():
@@ -130,7 +134,7 @@ def test_stage2_improves_text_retrieval_over_stage1():
     p = {**STAGE2_PARAMS, "lr": 3e-3, "batch_size": 32, "max_epochs": 12, "patience": 4}
     part = lambda rows: Paired(x[rows], y[rows], [caps[r] for r in rows])
     res = train_stage2(ridge.coef_.numpy(), ridge.intercept_.numpy(), (q, h), m, retr.tokenizer, part(tr), p,
-                       val=part(va), seed=0)
+                       val=part(va), seed=0, alphas=ridge.best_alphas_.numpy())
     assert res.best_epoch >= 1 and res.history[0]["epoch"] == 0
 
     def class_accuracy(shared, texts):  # brain→text among the six captions
@@ -246,6 +250,35 @@ def test_nearest_neighbour_rows_come_from_training_images(run):
     caps = runner.dataset.stimuli.captions
     for i, c in zip(side["nearest_neighbour_train_ids"], side["captions_nearest_neighbour"]):
         assert c == caps[int(i)][0]
+
+
+def test_ridge_penalty_makes_the_ridge_solution_the_mse_minimum():
+    """With ridge_penalty the MSE term's full-batch gradient at the stage-1 ridge is ~0; without it
+    gradient steps pull the weights off the regularised solution toward an over-fitted one."""
+    import torch
+
+    from harness.ridge import RidgeCV
+    from tasks.contrastive import STAGE2_PARAMS, eq1, stage2_model_class
+
+    retr = captioner.SyntheticBlip2(variant="retrieval", **CAPTIONER)
+    m = retr.model
+    q, h = m.config.num_query_tokens, m.config.qformer_config.hidden_size
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((80, 30)).astype(np.float32)
+    y = (x @ rng.standard_normal((30, q * h)) + 3 * rng.standard_normal((80, q * h))).astype(np.float32)
+    ridge = RidgeCV(alphas=np.logspace(0, 4, 9), device="cpu", dtype=torch.float64).fit(x, y)
+    assert ridge.best_alphas_.min() > 1  # a strongly regularised solution
+    p = {**STAGE2_PARAMS, "lambda_brain_text": 0.0, "lambda_image_text": 0.0}
+    enc = retr.tokenizer(["a red ball"] * len(x), padding=True, return_tensors="pt", return_token_type_ids=False)
+    penalty = (torch.as_tensor(ridge.best_alphas_.numpy(), dtype=torch.float32), len(x))
+    norms = {}
+    for name, pen in (("penalised", penalty), ("plain", None)):
+        model = stage2_model_class()(ridge.coef_.numpy(), ridge.intercept_.numpy(), (q, h), m, p)
+        total, _ = eq1(model, torch.as_tensor(x), torch.as_tensor(y), enc["input_ids"], enc["attention_mask"], p,
+                       float(y.var(0).mean()), pen)
+        total.backward()
+        norms[name] = float(model.brain.weight.grad.norm())
+    assert norms["penalised"] < 1e-3 * norms["plain"], norms
 
 
 def test_stage2_starts_as_the_zero_shot_stage1_reading(run):
