@@ -98,8 +98,18 @@ def cmd_cache(args) -> int:
             print(f"{e['file']}\t{e['bytes'] / 1e6:.1f} MB\t{'complete' if e['complete'] else 'partial'}\t"
                   f"{key.get('backbone', {}).get('backbone')}\tlayer={key.get('layer')}\tshape={e.get('shape')}")
         print(f"{len(entries)} feature file(s) in {cache.root}")
-    else:
+    elif args.part == "features":
         print(f"removed {cache.clear()} file(s) from {cache.root}")
+    else:  # other cached artefacts (trained captioners, text embeddings, datasets …): whole folders
+        import shutil
+
+        root = cache.root.parent
+        parts = [p for p in sorted(root.iterdir()) if p.is_dir()] if args.part == "all" and root.exists() \
+            else [root / args.part]
+        for part in parts:
+            n = sum(1 for _ in part.rglob("*") if _.is_file()) if part.exists() else 0
+            shutil.rmtree(part, ignore_errors=True)
+            print(f"removed {n} file(s) from {part}")
     return 0
 
 
@@ -152,8 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("kind", choices=registry.KINDS)
     s.set_defaults(fn=cmd_list)
 
-    s = sub.add_parser("cache", help="inspect or clear the feature cache")
+    s = sub.add_parser("cache", help="inspect or clear the feature cache (clear PART: other cached artefacts)")
     s.add_argument("action", choices=["ls", "clear"])
+    s.add_argument("part", nargs="?", default="features",
+                   choices=["features", "captioners", "text-embeddings", "datasets", "nltk_data", "all"],
+                   help="what `clear` removes (default: features; all = every folder of the cache)")
     s.add_argument("--cache-dir")
     s.set_defaults(fn=cmd_cache)
 

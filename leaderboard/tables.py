@@ -54,6 +54,8 @@ import pandas as pd
 
 from harness.results import ResultStore, atomic_write_bytes
 
+from .decoding import expand
+
 MISSING = "—"
 
 ROI_ORDER = ("all", "V1", "V2", "V3", "V4", "EBA", "FBA", "OFA", "FFA", "OPA", "PPA", "OWFA", "VWFA")
@@ -61,6 +63,7 @@ ROI_ALIASES = {"hv4": "V4", "v4": "V4"}
 """ROI names in records → column names (matched case-insensitively)."""
 
 RETRIEVAL_DIRECTIONS = ("brain→image", "image→brain", "text→brain", "brain→text")
+DELTA_PARTS = ("delta", "delta_ci_low", "delta_ci_high")
 
 CAPTION_COLUMNS = (
     ("METEOR", ("meteor",)),
@@ -83,7 +86,7 @@ LAYERWISE = "layerwise_encoding"
 RANKED_SOURCES = ("pretrained", "local", "none")
 NOT_RANKED_REASONS = {"random-init": "random-init weights", None: "weights source unknown"}
 
-IDENTITY = ("dataset", "subject", "backbone", "weights", "layer", "readout", "experiment", "seed")
+IDENTITY = ("dataset", "subject", "backbone", "system", "roi", "weights", "layer", "readout", "experiment", "seed")
 META = ("main_score", "weights_source", "ranked", "not_ranked_reason", "flags", "record")
 
 BEST_LAYER_SECTION = "Best layer per ROI (chosen on a validation part of the training split)"
@@ -174,6 +177,8 @@ def _identity(record: dict, root: Path) -> dict:
         "dataset": _text(key.get("dataset")),
         "subject": _text(key.get("subject")),
         "backbone": _text(key.get("backbone") or backbone.get("name")),  # the label: oracle vs oracle-shuffled
+        "system": _text(record.get("_system")),  # rows derived from one decoding record (leaderboard.decoding)
+        "roi": _text(record.get("_roi")),
         "weights": label,
         "layer": _text(backbone.get("layer")),
         "readout": _text(backbone.get("readout")),
@@ -189,6 +194,9 @@ def _identity(record: dict, root: Path) -> dict:
 
 
 def _layout_of(task: str, records: list[dict]) -> str:
+    hints = {r["_layout"] for r in records if r.get("_layout")}
+    if len(hints) == 1:  # derived records (leaderboard.decoding) name their layout
+        return hints.pop()
     tables = [r.get("tables") or {} for r in records]
     if task == LAYERWISE or any((r.get("task") or {}).get("name") == LAYERWISE or t.get("layer_scores")
                                 for r, t in zip(records, tables)):
@@ -276,6 +284,8 @@ def _retrieval_values(record: dict) -> tuple[dict, dict]:
         values[f"{d} mean"] = _num(row.get("mean"))
         values[f"{d} ci_low"] = _num(row.get("ci_low"))
         values[f"{d} ci_high"] = _num(row.get("ci_high"))
+        if "delta" in row:  # paired difference to a reference model (decoding: stage 2 − stage 1)
+            values.update({f"{d} {k}": _num(row.get(k)) for k in DELTA_PARTS})
         protocol[d] = (row.get("n_candidates"), row.get("n_trials"), _num(row.get("chance")))
     return values, protocol
 
@@ -300,6 +310,8 @@ def _scalar_scores(record: dict) -> dict:
 def _fmt_kind(column: str, layout: str) -> str:
     if layout in ("encoding", "layerwise"):
         return "pct"
+    if layout == "roi_captions":
+        return "text"
     n = column.lower()
     if "nc_r2" in n or n.endswith("_pct") or "%" in n or "percent" in n:
         return "pct"
@@ -364,6 +376,8 @@ def _build_task(task: str, records: list[dict], root: Path) -> pd.DataFrame:
             values = {}
             for name, v in _scalar_scores(record).items():
                 values.setdefault(_caption_column(name), v)
+        elif layout == "roi_captions":
+            values = {str(k): v if isinstance(v, str) else math.nan for k, v in (record.get("scores") or {}).items()}
         else:
             values = _scalar_scores(record)
         add_cols(values)
@@ -381,11 +395,14 @@ def _build_task(task: str, records: list[dict], root: Path) -> pd.DataFrame:
     elif layout == "retrieval":
         dirs = [d for d in RETRIEVAL_DIRECTIONS] + sorted(
             {c.rsplit(" ", 1)[0] for c in value_cols} - set(RETRIEVAL_DIRECTIONS))
-        value_cols = [f"{d} {part}" for d in dirs for part in ("mean", "ci_low", "ci_high")]
+        parts = ("mean", "ci_low", "ci_high") + (DELTA_PARTS if any(c.endswith(" delta") for c in value_cols) else ())
+        value_cols = [f"{d} {part}" for d in dirs for part in parts]
     elif layout == "captioning":
         known = [c for c, _ in CAPTION_COLUMNS[:6]]
         value_cols = known + [c for c, _ in CAPTION_COLUMNS[6:] if c in value_cols] + \
             [c for c in value_cols if c not in dict(CAPTION_COLUMNS)]
+    elif layout == "roi_captions":
+        value_cols = sorted(value_cols)
     else:
         if main in value_cols:
             value_cols = [main] + [c for c in value_cols if c != main]
@@ -411,6 +428,10 @@ def _build_task(task: str, records: list[dict], root: Path) -> pd.DataFrame:
         source = row["weights_source"] if isinstance(row["weights_source"], str) else None
         row["ranked"] = source in RANKED_SOURCES
         row["not_ranked_reason"] = "" if row["ranked"] else NOT_RANKED_REASONS.get(source, NOT_RANKED_REASONS[None])
+        if row["ranked"] and row["_record"].get("_reference"):
+            row["ranked"], row["not_ranked_reason"] = False, str(row["_record"]["_reference"])
+        if layout == "roi_captions":  # captions: nothing to rank
+            row["ranked"], row["not_ranked_reason"] = False, ""
         if row["ranked"] and math.isnan(row["main_score"]):
             row["_flags"].append("main score missing: not ranked")
 
@@ -433,7 +454,8 @@ def _build_task(task: str, records: list[dict], root: Path) -> pd.DataFrame:
     for c in value_cols + ["main_score"]:
         if c not in df:
             df[c] = math.nan
-        df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
+        if layout != "roi_captions" or c == "main_score":
+            df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
     df["seed"] = pd.array(df["seed"].tolist(), dtype="Int64") if "seed" in df else pd.array([], dtype="Int64")
 
     # order: dataset, subject, ranked first, main score descending (missing last), then identity
@@ -471,6 +493,10 @@ def _build_task(task: str, records: list[dict], root: Path) -> pd.DataFrame:
                       "image→brain: for each image, is its own brain sample the best (seed 000 writes "
                       "X→Y for 'retrieve X given Y', so its I→B is brain→image here)"),
         "captioning": ("caption similarity to the references", "seed 000 Table 2 columns first"),
+        "roi_captions": ("captions of ROI-synthetic brain inputs",
+                         "seed 000 Table 3: the brain model's input is 1 on the ROI's voxels and 0 elsewhere; its "
+                         "prediction, normalised and scaled, is captioned by the language model (one column per "
+                         "brain-model stage; one table per subject)"),
         "layerwise": ("brain score per ROI at its best layer, median noise-ceiling-normalised R² (%)",
                       "seed 003 Table 13 layout. Cells: per-ROI median of 100·R²/NC on the test split, at the "
                       "layer chosen for that ROI on a validation part of the training split (never on test); "
@@ -478,6 +504,9 @@ def _build_task(task: str, records: list[dict], root: Path) -> pd.DataFrame:
                       "in the 'best layer per ROI' table and the '<ROI> layer' CSV columns; per-record ROI × "
                       "layer heatmaps show every layer's test score (descriptive)"),
     }.get(layout, ("scores", "one column per scalar score"))
+    if layout == "retrieval" and any(c.endswith(" delta") for c in value_cols):
+        notes.append("Δ = this row − stage 1 of the same record on the same trials, with a 95 % CI over test images "
+                     "(the ± column's CI resamples one test set: it is not a test of a difference)")
     if layout == "retrieval":
         for d in RETRIEVAL_DIRECTIONS + tuple(sorted(set(protocols) - set(RETRIEVAL_DIRECTIONS))):
             for n_cand, n_trials, chance in sorted(protocols.get(d, ()), key=str):
@@ -510,7 +539,8 @@ def build_tables(results_root: str | Path) -> dict[str, pd.DataFrame]:
     root = Path(results_root)
     by_task: dict[str, list[dict]] = {}
     for record in leaderboard_records(root):
-        by_task.setdefault(str(record["key"]["task"]), []).append(record)
+        for task, rec in expand(record):  # a decoding record → its three tables
+            by_task.setdefault(task, []).append(rec)
     return {task: _build_task(task, recs, root) for task, recs in sorted(by_task.items())}
 
 
@@ -559,9 +589,11 @@ def _cell(df: pd.DataFrame, i, col: str) -> str:
         lo, hi = df.at[i, f"{col} ci_low"], df.at[i, f"{col} ci_high"]
         if pd.isna(mean):
             return MISSING
-        if pd.isna(lo) or pd.isna(hi):
-            return f"{mean:.3f} ± {MISSING}"
-        return f"{mean:.3f} ± {(hi - lo) / 2:.3f}"
+        text = f"{mean:.3f} ± {MISSING}" if pd.isna(lo) or pd.isna(hi) else f"{mean:.3f} ± {(hi - lo) / 2:.3f}"
+        if f"{col} delta" in df and not pd.isna(df.at[i, f"{col} delta"]):
+            d, dlo, dhi = (df.at[i, f"{col} {k}"] for k in DELTA_PARTS)
+            text += f" (Δ {d:+.3f} [{dlo:+.3f}, {dhi:+.3f}])"
+        return text
     if col in ("flags", "not_ranked_reason", "record"):
         value = df.at[i, col]
         return "" if pd.isna(value) else str(value)
@@ -578,6 +610,8 @@ def sections(df: pd.DataFrame) -> list[tuple[str, list[str], list[list[str]]]]:
     """``[(title, header, rows of display strings)]``: the ranked table, then one
     "Not ranked: <reason>" section per reason. Ranked rows carry the rank column."""
     cols = _display_columns(df)
+    if df.attrs.get("layout") == "roi_captions":  # text only: one unranked table
+        return [("Captions", [_header(df, c) for c in cols], [[_cell(df, i, c) for c in cols] for i in df.index])]
     out = []
     ranked = df[df["ranked"].astype(bool)] if len(df) else df
     if len(ranked):
@@ -616,6 +650,8 @@ def _md_table(header: list[str], body: list[list[str]]) -> str:
 def _ranking_sentence(df: pd.DataFrame, quote: str = "`") -> str:
     a = df.attrs
     main = a.get("main_score")
+    if a.get("layout") == "roi_captions":
+        return "Generated text: not ranked."
     if not main:
         return "No main score is named in these records, so no row is ranked."
     shown = a.get("main_column")

@@ -319,3 +319,72 @@ def test_retrieval_without_table_falls_back_to_scores_without_ci(tmp_path):
     df = build_tables(tmp_path / "r")["retrieval"]
     assert df["brain→image mean"].iloc[0] == 0.5 and math.isnan(df["brain→image ci_low"].iloc[0])
     assert "0.500 ± —" in render_markdown("retrieval", df)
+
+
+def decoding_record(backbone="blip2-opt", weights=None, subject="subj01"):
+    """A seed-000 decoding record as tasks/decoding.py writes it: three tables in one record."""
+    weights = weights or _weights("pretrained", "Salesforce/blip2-opt-2.7b")
+    retrieval = []
+    for stage, base in ((2, 0.5), (1, 0.2)):
+        for k, d in enumerate(("brain→image", "image→brain", "text→brain", "brain→text")):
+            mean = base + 0.01 * k
+            row = {"stage": stage, "direction": d, "mean": mean, "ci_low": mean - 0.02, "ci_high": mean + 0.02,
+                   "n_candidates": 300, "n_trials": 50 if "text" in d else 30, "chance": 1 / 300, "seed": 0}
+            if stage == 2:
+                row.update(delta=0.3, delta_ci_low=0.25, delta_ci_high=0.35, n_items=982)
+            retrieval.append(row)
+    systems = {"brain (stage 2)": 0.33, "brain (stage 1)": 0.30, "nearest-neighbour": 0.25, "true image": 0.45,
+               "shuffled brain": 0.12}
+    captioning = [{"system": s, "meteor": m, "rouge1": m + 0.1, "rougeL": m + 0.05, "sentence": m + 0.2,
+                   "clip_b32": None, "clip_l14": None, "bleu4": m / 3, "n_images": 982} for s, m in systems.items()]
+    roi = [{"roi": r, "stage": st, "caption": f"{r} caption {st}", "n_voxels": 10, "scale": 11.0}
+           for r in ("V1", "floc-faces") for st in (1, 2)]
+    return {
+        "key": {"dataset": "nsd", "subject": subject, "backbone": backbone, "weights": weights["source"],
+                "task": "decoding", "experiment": "seed000"},
+        "status": "complete", "evaluated_on": "test", "main_score": "meteor",
+        "scores": {"meteor": 0.33, "stage1_meteor": 0.30, "stage2 brain→image": 0.5},
+        "tables": {"retrieval": retrieval, "captioning": captioning, "roi_captions": roi},
+        "backbone": {"name": "blip2", "family": "blip2", "weights": weights, "layer": "qformer", "readout": "flatten"},
+        "task": {"name": "decoding", "params": {}}, "dataset": {"name": "nsd", "info": {}},
+        "provenance": {"seed": 0}, "timings": {}, "tracking": {},
+    }
+
+
+def test_decoding_record_gives_the_three_seed000_tables(tmp_path):
+    root = tmp_path / "results"
+    s = ResultStore(root)
+    s.save(decoding_record(), {})
+    s.save(decoding_record(subject="subj02"), {})
+    tables = build_tables(root)
+    assert set(tables) == {"decoding-retrieval", "decoding-captioning", "decoding-roi-captions"}
+
+    t1 = tables["decoding-retrieval"]  # Table 1: one row per stage, Δ on the stage-2 row only
+    assert t1.attrs["layout"] == "retrieval" and "system" in t1.attrs["identity_columns"]
+    s1 = t1[(t1["subject"] == "subj01")].set_index("system")
+    assert s1.at["stage 2", "brain→text mean"] == pytest.approx(0.53)
+    assert s1.at["stage 1", "image→brain mean"] == pytest.approx(0.21)
+    assert s1.at["stage 2", "brain→image delta"] == 0.3 and math.isnan(s1.at["stage 1", "brain→image delta"])
+    assert s1.at["stage 2", "rank"] == 1 and s1.at["stage 1", "rank"] == 2  # by brain→image, per subject
+    md = render_markdown("decoding-retrieval", t1)
+    assert "0.530 ± 0.020 (Δ +0.300 [+0.250, +0.350])" in md and "Δ = this row − stage 1" in md
+
+    t2 = tables["decoding-captioning"]  # Table 2: one row per system; references listed, not ranked
+    s2 = t2[t2["subject"] == "subj01"].set_index("system")
+    assert s2.at["brain (stage 2)", "METEOR"] == pytest.approx(0.33) and s2.at["brain (stage 1)", "ROUGE-1"] == 0.4
+    assert not s2.at["true image", "ranked"] and not s2.at["shuffled brain", "ranked"]
+    assert "reference row" in s2.at["true image", "not_ranked_reason"]
+    ranked = s2[s2["ranked"]].sort_values("rank")
+    assert list(ranked.index) == ["brain (stage 2)", "brain (stage 1)", "nearest-neighbour"]
+    assert math.isnan(s2.at["brain (stage 2)", "CLIP-B"])  # missing, never 0
+    md2 = render_markdown("decoding-captioning", t2)
+    assert "Not ranked: reference row: the true image" in md2
+
+    t3 = tables["decoding-roi-captions"]  # Table 3: one row per ROI, a column per stage, per subject
+    s3 = t3[t3["subject"] == "subj02"].set_index("roi")
+    assert s3.at["floc-faces", "stage 1"] == "floc-faces caption 1" and s3.at["V1", "stage 2"] == "V1 caption 2"
+    assert not t3["ranked"].any()
+    md3 = render_markdown("decoding-roi-captions", t3)
+    assert "| floc-faces |" in md3 and "Not ranked" not in md3
+    paths = write_leaderboard(root, tmp_path / "out", plots=False)
+    assert "V1 caption 2" in paths["decoding-roi-captions"]["csv"].read_text()

@@ -123,3 +123,19 @@ def test_selftest_meets_its_thresholds(tmp_path):
     assert result["passed"], json.dumps(result["checks"])
     assert result["nc_truth_r"] >= 0.95 and result["oracle_median_nc_r2"] >= 90
     assert result["shuffled_median_nc_r2"] <= 2 and result["retrieval_shuffled_top1"] <= 0.02
+
+
+def test_cache_clear_parts(tmp_path, capsys):
+    """`cache clear` removes features only; `cache clear captioners` / `all` the other folders."""
+    for part, name in (("features", "a.h5"), ("captioners", "abc/generation/model.safetensors"),
+                       ("text-embeddings", "minilm.npz")):
+        f = tmp_path / part / name
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(b"x")
+    assert main(["cache", "clear", "--cache-dir", str(tmp_path)]) == 0
+    assert not (tmp_path / "features").exists() and (tmp_path / "captioners").exists()
+    assert main(["cache", "clear", "captioners", "--cache-dir", str(tmp_path)]) == 0
+    assert "removed 1 file(s)" in capsys.readouterr().out
+    assert not (tmp_path / "captioners").exists() and (tmp_path / "text-embeddings").exists()
+    assert main(["cache", "clear", "all", "--cache-dir", str(tmp_path)]) == 0
+    assert list(tmp_path.iterdir()) == []
