@@ -40,8 +40,8 @@ Cache
     model config, the training options and the torch / transformers versions. Built in
     ``<key>.partial/`` with a checkpoint every ``checkpoint_every`` steps (an interrupted
     training resumes from it), renamed into place when complete, under a file lock (concurrent
-    workers wait for one trainer). Delete ``<cache_dir>/captioners`` to retrain (``brainharness
-    cache clear`` removes the feature cache only).
+    workers wait for one trainer). ``brainharness cache clear captioners`` deletes them (the
+    next run retrains); plain ``cache clear`` removes the feature cache only.
 
 Every result records it: the backbone's ``weights`` are ``local`` with ``trained_on`` saying
 "synthetic scenes …, not pretrained BLIP-2". The demo's caption scores therefore measure how

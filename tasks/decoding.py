@@ -381,11 +381,10 @@ class DecodingTask(RetrievalTask):
         voxels = np.flatnonzero(mask)
         names, inputs = [], []
         for name, m in groups.items():
-            x = m[voxels].astype(np.float32)
-            if x.any():
+            if m[voxels].any():
                 names.append(name)
-                inputs.append(x)
-            else:
+                inputs.append(cap.roi_input(m, voxels))
+            else:  # the ROI lies outside the decoded voxels (e.g. not in nsdgeneral)
                 skipped.append(name)
         rows = []
         for stage, (coef, icpt) in models.items():
