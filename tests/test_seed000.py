@@ -364,3 +364,27 @@ def test_seed000_config_resolves():
     text = path.read_text()
     assert "Salesforce/blip2-opt-2.7b" in text and "Salesforce/blip2-itm-vit-g" in text
     yaml.safe_load(json.dumps(cfg))  # plain data all the way down
+
+
+def test_stage2_weights_are_swept_on_validation_only(tmp_path):
+    """`brainharness sweep` over eq. 1's λ and lr: each trial is a validation record with its own
+    λ; the best is scored once on test with the same parameters."""
+    from sweeps.study import run_sweep
+
+    cfg = config(tmp_path, captioning=False, roi_captions=False, n_candidates=40, max_epochs=2, patience=2)
+    cfg["sweep"] = {"study": "s000", "n_trials": 2, "validation_fraction": 0.3,
+                    "space": {"lambda_brain_text": {"low": 0.1, "high": 10.0, "log": True},
+                              "lr": {"low": 1e-4, "high": 1e-2, "log": True}}}
+    summary = run_sweep(cfg, progress=False)
+    assert summary["n_complete_trials"] == 2
+    records = list(Runner(cfg, progress=False).store.records())
+    val = [r for r in records if r["evaluated_on"] == "validation"]
+    (test,) = [r for r in records if r["evaluated_on"] == "test"]
+    lams = {r["task"]["params"]["lambda_brain_text"] for r in val}
+    assert len(lams) == 2 and all(r["main_score"] == "stage2 brain→text" for r in val)
+    assert test["task"]["params"]["lambda_brain_text"] == pytest.approx(summary["best_params"]["lambda_brain_text"])
+    best_val = max(val, key=lambda r: r["scores"]["stage2 brain→text"])
+    assert best_val["task"]["params"]["lr"] == pytest.approx(summary["best_params"]["lr"])
+    # trials split the 300 training images (70 / 30 %); only the final record scores the 120 test images
+    assert all((r["dataset"]["n_fit_images"], r["dataset"]["n_scored_images"]) == (210, 90) for r in val)
+    assert (test["dataset"]["n_fit_images"], test["dataset"]["n_scored_images"]) == (300, 120)
