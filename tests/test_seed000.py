@@ -388,3 +388,26 @@ def test_stage2_weights_are_swept_on_validation_only(tmp_path):
     # trials split the 300 training images (70 / 30 %); only the final record scores the 120 test images
     assert all((r["dataset"]["n_fit_images"], r["dataset"]["n_scored_images"]) == (210, 90) for r in val)
     assert (test["dataset"]["n_fit_images"], test["dataset"]["n_scored_images"]) == (300, 120)
+
+
+def test_decoding_runs_on_the_nsd_layout(tmp_path):
+    """The GPU recipe's path on a miniature of the official NSD layout: COCO captions from the
+    stim-info CSV + annotation files, shared images as the test split, NSD ROI names for Table 3."""
+    from nsd_layouts import build_nsd, coco_caption
+
+    mini = build_nsd(tmp_path / "nsd", n_images=160, n_shared=24, trials_per_session=60)
+    cfg = tiny_config(tmp_path, dataset={"name": "nsd", "root": str(mini.root), "subject": 1},
+                      backbones=[{"name": "blip2-synthetic", "label": "captioner", **CAPTIONER}],
+                      tasks=[{**DECODING, "n_candidates": 20, "n_trials": 3, "text_trials": 3, "max_epochs": 1,
+                              "patience": 1, "prompt": None, "batch_size": 16}])
+    runner = Runner(cfg, progress=False)
+    (rec,) = runner.run()
+    assert rec["status"] == "complete" and rec["dataset"]["name"] == "nsd"
+    test_ids = runner.dataset.subject("subj01").test.stim_ids
+    assert rec["dataset"]["n_scored_images"] == len(test_ids) >= 20
+    assert {r["direction"] for r in rec["tables"]["retrieval"]} == DIRECTIONS
+    assert {r["system"] for r in rec["tables"]["captioning"]} == set(cap.SYSTEMS)
+    roi = {r["roi"] for r in rec["tables"]["roi_captions"]}
+    assert {"V1", "floc-faces"} <= roi  # NSD's prf-visualrois / floc-* names map onto Table 3's rows
+    examples = rec["tables"]["caption_examples"]
+    assert examples[0]["reference"] == coco_caption(int(examples[0]["stim_id"]), 0)
