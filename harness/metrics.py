@@ -106,15 +106,29 @@ def top1_retrieval(queries: np.ndarray, candidates: np.ndarray, n_candidates: in
     c = _unit_rows(candidates)
     if len(q) != len(c):
         raise DataError(f"retrieval needs paired rows, got {len(q)} queries and {len(c)} candidates")
-    if len(q) < n_candidates:
-        raise DataError(f"retrieval needs at least {n_candidates} test items, got {len(q)}")
+    return _top1_trials(len(q), lambda idx: q[idx] @ c[idx].T, n_candidates, n_trials, seed, per_item)
+
+
+def top1_from_similarity(similarity: np.ndarray, n_candidates: int = 300, n_trials: int = 30, seed: int = 0,
+                         per_item: bool = False) -> dict:
+    """:func:`top1_retrieval` for a model's own similarity (e.g. BLIP-2's max over query tokens):
+    ``similarity[i, j]`` scores query i against candidate j, the pair (i, i) is the match. The
+    same seed draws the same candidate sets as :func:`top1_retrieval`."""
+    sim = np.asarray(similarity)
+    if sim.ndim != 2 or sim.shape[0] != sim.shape[1]:
+        raise DataError(f"retrieval needs a square query × candidate similarity, got shape {sim.shape}")
+    return _top1_trials(len(sim), lambda idx: sim[np.ix_(idx, idx)], n_candidates, n_trials, seed, per_item)
+
+
+def _top1_trials(n: int, similarity, n_candidates: int, n_trials: int, seed: int, per_item: bool) -> dict:
+    if n < n_candidates:
+        raise DataError(f"retrieval needs at least {n_candidates} test items, got {n}")
     rng = np.random.default_rng(seed)
     accs = np.empty(n_trials)
-    hits, drawn = np.zeros(len(q)), np.zeros(len(q))
+    hits, drawn = np.zeros(n), np.zeros(n)
     for t in range(n_trials):
-        idx = rng.choice(len(q), size=n_candidates, replace=False)
-        sims = q[idx] @ c[idx].T  # row: query, column: candidate
-        hit = sims.argmax(1) == np.arange(n_candidates)
+        idx = rng.choice(n, size=n_candidates, replace=False)
+        hit = similarity(idx).argmax(1) == np.arange(n_candidates)  # row: query, column: candidate
         accs[t] = hit.mean()
         hits[idx] += hit
         drawn[idx] += 1

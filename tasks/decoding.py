@@ -29,8 +29,7 @@ image-text similarity (max over query tokens of the cosine) between the brain pr
 the shared space and the text embedding of the image's ``caption_index``-th caption — stage 1
 reads its prediction through the retrieval model's own ``vision_projection`` and texts through
 its own text path (no training: the zero-shot reading), stage 2 through ``brain_projection``
-and its fine-tuned text path. (A full similarity matrix S is turned into a top-1 test as
-``top1_retrieval(S, I)``: row normalisation does not move a row's argmax.) Stage-2 rows also
+and its fine-tuned text path (:func:`harness.metrics.top1_from_similarity`). Stage-2 rows also
 carry ``delta`` = stage 2 − stage 1 on the same trials with a 95 % CI over test images
 (:func:`harness.metrics.paired_difference`): the trial CI resamples one test set, so it says
 how stable the mean is, not whether two models differ.
@@ -63,7 +62,7 @@ import numpy as np
 from harness import registry
 from harness.errors import ConfigError, DataError
 from harness.features import flatten_rows
-from harness.metrics import paired_difference, top1_retrieval
+from harness.metrics import paired_difference, top1_from_similarity, top1_retrieval
 from harness.registry import register_task
 from harness.task import TaskContext, TaskOutput, selection_split, standardise
 from tasks import captioning as cap
@@ -266,9 +265,8 @@ class DecodingTask(RetrievalTask):
         if n < p["n_candidates"]:
             raise DataError(f"decoding: {n} scored images, fewer than n_candidates={p['n_candidates']}")
         texts = [_caption(ctx.stimuli, i, p["caption_index"]) for i in ctx.score.stim_ids]
-        img_kw = {"n_candidates": p["n_candidates"], "n_trials": p["n_trials"], "seed": p["seed"]}
-        txt_kw = {"n_candidates": p["n_candidates"], "n_trials": p["text_trials"], "seed": p["seed"]}
-        eye = np.eye(n, dtype=np.float32)
+        img_kw = {"n_candidates": p["n_candidates"], "n_trials": p["n_trials"], "seed": p["seed"], "per_item": True}
+        txt_kw = {"n_candidates": p["n_candidates"], "n_trials": p["text_trials"], "seed": p["seed"], "per_item": True}
         model_r, _ = _retrieval_modules(retr)
         with torch.no_grad():
             vp = model_r.vision_projection
@@ -282,9 +280,10 @@ class DecodingTask(RetrievalTask):
         rows, hits = [], {}
         for stage, P, S, T in stages:
             sim = query_text_similarity(S, T)  # (brain, text)
-            for direction, (q, c), kw in (("brain→image", (P, Y_score), img_kw), ("image→brain", (Y_score, P), img_kw),
-                                          ("text→brain", (sim.T, eye), txt_kw), ("brain→text", (sim, eye), txt_kw)):
-                r = top1_retrieval(q, c, **kw, per_item=True)
+            for direction, r in (("brain→image", top1_retrieval(P, Y_score, **img_kw)),
+                                 ("image→brain", top1_retrieval(Y_score, P, **img_kw)),
+                                 ("text→brain", top1_from_similarity(sim.T, **txt_kw)),
+                                 ("brain→text", top1_from_similarity(sim, **txt_kw))):
                 hits[stage, direction] = r.pop("item_hits")
                 rows.append({"stage": stage, "direction": direction, **r})
         for r in rows:  # stage 2 vs stage 1 on the same trials, CI over test images (the paired comparison)

@@ -2,7 +2,14 @@ import numpy as np
 import pytest
 
 from harness.errors import DataError
-from harness.metrics import encoding_scores, normalised_r2, paired_difference, pearson_r, top1_retrieval
+from harness.metrics import (
+    encoding_scores,
+    normalised_r2,
+    paired_difference,
+    pearson_r,
+    top1_from_similarity,
+    top1_retrieval,
+)
 
 
 def test_pearson_matches_numpy_and_handles_constant_columns():
@@ -79,3 +86,20 @@ def test_paired_difference_over_items():
     assert same["delta"] == 0 and same["delta_ci_low"] == same["delta_ci_high"] == 0
     with pytest.raises(DataError, match="at least two items"):
         paired_difference(np.array([np.nan, 1.0]), np.array([0.0, np.nan]))
+
+
+def test_top1_from_similarity_matches_the_embedding_version():
+    """A model's own similarity matrix gives the embedding protocol's numbers (same seed, same draws)."""
+    rng = np.random.default_rng(4)
+    img = rng.standard_normal((350, 24))
+    brain = img + 1.3 * rng.standard_normal(img.shape)
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
+    sim = unit(brain) @ unit(img).T
+    a = top1_retrieval(brain, img, n_trials=7, seed=3, per_item=True)
+    b = top1_from_similarity(sim, n_trials=7, seed=3, per_item=True)
+    assert 0.05 < a["mean"] < 0.95 and a["mean"] == pytest.approx(b["mean"])
+    np.testing.assert_array_equal(np.isnan(a["item_hits"]), np.isnan(b["item_hits"]))
+    assert top1_from_similarity(sim.T, n_trials=7, seed=3)["mean"] == pytest.approx(
+        top1_retrieval(img, brain, n_trials=7, seed=3)["mean"])
+    with pytest.raises(DataError, match="square"):
+        top1_from_similarity(sim[:, :300])
