@@ -20,6 +20,8 @@ Config section::
       seed: 0                      # sampler seed
       sampler: tpe                 # tpe (default) | grid: every combination of the `choices` once
       report: null                 # optional "module:function" called at the end (see Sweep.run)
+      objective: null              # the validation score maximised (default: the task's main score),
+                                   # e.g. "stage2 brain→text" for decoding
       space:                       # default: the task's own search_space
         alpha_min: {low: 1.0e-3, high: 1.0e+2, log: true}
         pca: {choices: [null, 64, 256]}
@@ -43,7 +45,7 @@ from harness.runner import Runner
 log = logging.getLogger(__name__)
 
 SWEEP_KEYS = {"study", "storage", "backbone", "task", "subject", "n_trials", "validation_fraction", "seed", "space",
-              "sampler", "report"}
+              "sampler", "report", "objective"}
 SAMPLERS = ("tpe", "grid")
 
 
@@ -150,6 +152,9 @@ class Sweep:
         self.tspec = _pick(cfg["tasks"], sw.get("task"), "task")
         self.subject = sw.get("subject")
         self.fraction = sw.get("validation_fraction", 0.2)
+        self.objective_name = sw.get("objective")
+        if self.objective_name is not None and not isinstance(self.objective_name, str):
+            raise ConfigError(f"sweep.objective must be a score name, got {self.objective_name!r}")
         self.seed = sw.get("seed", cfg["seed"])
         self.sampler = sw.get("sampler") or "tpe"
         if self.sampler not in SAMPLERS:
@@ -193,9 +198,11 @@ class Sweep:
             subject, self.bspec, self.tspec, evaluated_on="validation", overrides=params,
             validation_fraction=self.fraction, experiment=f"{self.name}-trial{trial.number:04d}", memo=self.memo,
             group=self.name, extra={"sweep": {"study": self.name, "trial": trial.number, "params": params}})
-        value = record["scores"].get(record["main_score"])
+        name = self.objective_name or record["main_score"]
+        value = record["scores"].get(name)
         if value is None:
-            raise ConfigError(f"task produced no {record['main_score']!r} score on the validation part")
+            raise ConfigError(f"task produced no {name!r} score on the validation part (has: "
+                              f"{', '.join(k for k, v in record['scores'].items() if isinstance(v, (int, float)))})")
         return float(value)
 
     def run(self, progress: bool = True) -> dict:
@@ -215,7 +222,8 @@ class Sweep:
             study.optimize(self.objective, n_trials=remaining, show_progress_bar=progress, catch=())
         best = study.best_trial
         subject = self.subject or self.runner.subjects()[0]
-        info = {"study": self.name, "storage": self.storage, "best_trial": best.number,
+        info = {"study": self.name, "storage": self.storage, "objective": self.objective_name or "main score",
+                "best_trial": best.number,
                 "best_validation_score": best.value, "best_params": best.params,
                 "n_complete_trials": sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)}
         test_key = self.runner.key(subject, self.bspec, self.tspec, f"{self.name}-best")
@@ -226,7 +234,8 @@ class Sweep:
             record = self.runner.run_unit(subject, self.bspec, self.tspec, evaluated_on="test", overrides=best.params,
                                           experiment=f"{self.name}-best", memo=None, group=self.name,
                                           extra={"sweep": info})
-        summary = {**info, "test_score": record["scores"].get(record["main_score"]),
+        name = self.objective_name or record["main_score"]
+        summary = {**info, "objective": name, "test_score": record["scores"].get(name),
                    "main_score": record["main_score"], "record": record.get("_path")}
         if self.report is not None:
             summary["report"] = self.report(self, summary)

@@ -372,7 +372,7 @@ def test_stage2_weights_are_swept_on_validation_only(tmp_path):
     from sweeps.study import run_sweep
 
     cfg = config(tmp_path, captioning=False, roi_captions=False, n_candidates=40, max_epochs=2, patience=2)
-    cfg["sweep"] = {"study": "s000", "n_trials": 2, "validation_fraction": 0.3,
+    cfg["sweep"] = {"study": "s000", "n_trials": 2, "validation_fraction": 0.3, "objective": "stage2 brain→image",
                     "space": {"lambda_brain_text": {"low": 0.1, "high": 10.0, "log": True},
                               "lr": {"low": 1e-4, "high": 1e-2, "log": True}}}
     summary = run_sweep(cfg, progress=False)
@@ -383,8 +383,12 @@ def test_stage2_weights_are_swept_on_validation_only(tmp_path):
     lams = {r["task"]["params"]["lambda_brain_text"] for r in val}
     assert len(lams) == 2 and all(r["main_score"] == "stage2 brain→text" for r in val)
     assert test["task"]["params"]["lambda_brain_text"] == pytest.approx(summary["best_params"]["lambda_brain_text"])
-    best_val = max(val, key=lambda r: r["scores"]["stage2 brain→text"])
-    assert best_val["task"]["params"]["lr"] == pytest.approx(summary["best_params"]["lr"])
+    # the objective named in the sweep (not the main score) picked the best trial
+    (chosen,) = [r for r in val if r["task"]["params"]["lr"] == pytest.approx(summary["best_params"]["lr"])]
+    top = max(r["scores"]["stage2 brain→image"] for r in val)
+    assert chosen["scores"]["stage2 brain→image"] == summary["best_validation_score"] == pytest.approx(top)
+    assert summary["objective"] == "stage2 brain→image" == test["sweep"]["objective"]
+    assert summary["test_score"] == test["scores"]["stage2 brain→image"]
     # trials split the 300 training images (70 / 30 %); only the final record scores the 120 test images
     assert all((r["dataset"]["n_fit_images"], r["dataset"]["n_scored_images"]) == (210, 90) for r in val)
     assert (test["dataset"]["n_fit_images"], test["dataset"]["n_scored_images"]) == (300, 120)

@@ -56,3 +56,18 @@ def test_bad_sweep_space_is_named(tmp_path):
     cfg["sweep"]["space"] = {"alpah": {"low": 1, "high": 2}}
     with pytest.raises(ConfigError, match="'alpah' is not a parameter of task encoding"):
         Sweep(Runner(cfg, progress=False))
+
+
+def test_sweep_objective_names_a_score(tmp_path):
+    cfg = sweep_config(tmp_path, 1)
+    cfg["sweep"]["objective"] = "median_r2"
+    summary = run_sweep(cfg, progress=False)
+    assert summary["objective"] == "median_r2"
+    storage = f"sqlite:///{tmp_path / 'results' / 'optuna.db'}"
+    (trial,) = optuna.load_study(study_name="s", storage=storage).trials
+    (val,) = [r for r in Runner(cfg, progress=False).store.records() if r["evaluated_on"] == "validation"]
+    assert trial.value == pytest.approx(val["scores"]["median_r2"]) != pytest.approx(val["scores"]["median_nc_r2"])
+    cfg = sweep_config(tmp_path / "b", 1)
+    cfg["sweep"]["objective"] = "median_rr2"
+    with pytest.raises(ConfigError, match="no 'median_rr2' score.*median_r2"):
+        run_sweep(cfg, progress=False)
