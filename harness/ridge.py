@@ -55,6 +55,7 @@ class Decomposition:
     eigvals: torch.Tensor  # (k,) ≥ 0
     eigvecs: torch.Tensor  # dual: U (n, k); primal: V (p, k)
     fit_intercept: bool
+    gram: torch.Tensor | None = None  # dual float64 Gram, kept only on request (K-fold reuses it)
 
     @property
     def n_samples(self) -> int:
@@ -69,7 +70,7 @@ class Decomposition:
 
     @classmethod
     def of(cls, X, *, fit_intercept: bool = True, solver: str = "auto", device=None,
-           dtype=torch.float32, eig_dtype=torch.float64) -> "Decomposition":
+           dtype=torch.float32, eig_dtype=torch.float64, keep_gram: bool = False) -> "Decomposition":
         device = resolve_device(device)
         X = _as_tensor(X, device, dtype)
         if X.ndim != 2:
@@ -89,12 +90,17 @@ class Decomposition:
         X64 = Xc.to(eig_dtype)
         gram = X64 @ X64.T if mode == "dual" else X64.T @ X64
         del X64
-        s, vecs = torch.linalg.eigh(gram)
-        # Null space only: directions below the input precision (e.g. the centring direction).
-        tol = s.max().clamp_min(0) * torch.finfo(dtype).eps
-        s = torch.where(s > tol, s, torch.zeros_like(s))
-        keep = s > 0  # drop the null space: it carries no fit and only costs time
-        return cls(mode, X_mean, Xc, s[keep].to(dtype), vecs[:, keep].to(dtype), fit_intercept)
+        s, vecs = _eig(gram, dtype)
+        return cls(mode, X_mean, Xc, s, vecs, fit_intercept, gram if keep_gram and mode == "dual" else None)
+
+
+def _eig(gram: torch.Tensor, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenpairs of a (float64) Gram matrix without its null space, cast to ``dtype``."""
+    s, vecs = torch.linalg.eigh(gram)
+    # Null space only: directions below the input precision (e.g. the centring direction).
+    tol = s.max().clamp_min(0) * torch.finfo(dtype).eps
+    keep = s > tol  # drop the null space: it carries no fit and only costs time
+    return s[keep].to(dtype), vecs[:, keep].to(dtype)
 
 
 class RidgeCV:
@@ -142,8 +148,9 @@ class RidgeCV:
     # -- fitting ---------------------------------------------------------------------
     def fit(self, X, Y, decomposition: Decomposition | None = None) -> "RidgeCV":
         device = resolve_device(self.device) if decomposition is None else decomposition.Xc.device
+        kfold = isinstance(self.cv, (int, np.integer)) and not isinstance(self.cv, bool)
         d = decomposition or Decomposition.of(X, fit_intercept=self.fit_intercept, solver=self.solver,
-                                               device=device, dtype=self.dtype)
+                                               device=device, dtype=self.dtype, keep_gram=kfold)
         Y = _as_tensor(Y, device, self.dtype)
         if Y.ndim == 1:
             Y = Y[:, None]
@@ -155,7 +162,8 @@ class RidgeCV:
         Y_mean = Y.mean(0) if d.fit_intercept else torch.zeros(Y.shape[1], device=device, dtype=self.dtype)
 
         if isinstance(cv, int):
-            errors = self._kfold_errors(X, Y, cv, alphas, device, d.fit_intercept, d.mode)
+            errors = self._kfold_errors(X, Y, cv, alphas, device, d.fit_intercept, d.mode, d.gram)
+            d.gram = None
         else:
             errors = torch.empty(len(alphas), Y.shape[1], device=device, dtype=self.dtype)
         U = d.left_vectors()
@@ -181,23 +189,34 @@ class RidgeCV:
         self.intercept_ = Y_mean - d.X_mean @ coef
         return self
 
-    def _kfold_errors(self, X, Y, k, alphas, device, fit_intercept, solver) -> torch.Tensor:
+    def _kfold_errors(self, X, Y, k, alphas, device, fit_intercept, solver, gram=None) -> torch.Tensor:
         """Mean over K contiguous folds of the per-fold mean squared validation error (himalaya's
-        criterion), per α and target, with the decomposition's intercept and solver settings."""
+        criterion), per α and target, with the decomposition's intercept and solver settings.
+        ``gram``: the dual Gram of X as centred (or not) by the decomposition, if it kept it."""
         X = _as_tensor(X, device, self.dtype)
         n = X.shape[0]
         errors = torch.zeros(len(alphas), Y.shape[1], device=device, dtype=self.dtype)
         # Contiguous folds, the n % k extra samples in the first folds (scikit-learn's KFold).
         bounds = np.concatenate([[0], np.cumsum([n // k + (i < n % k) for i in range(k)])])
+        dual = (n < X.shape[1]) if solver == "auto" else solver == "dual"
+        if dual and gram is None:  # one n × n Gram for all folds; each fold's centred kernels come from it
+            # as Decomposition.of computes it (then reuse gives the same numbers); any common
+            # shift of the rows is fine: the fold centring in _fold_kernel is exact
+            X64 = (X - X.mean(0) if fit_intercept else X).to(torch.float64)
+            gram = X64 @ X64.T
+            del X64
         for lo, hi in zip(bounds[:-1], bounds[1:]):
             val = torch.zeros(n, dtype=torch.bool, device=device)
             val[lo:hi] = True
-            d = Decomposition.of(X[~val], fit_intercept=fit_intercept, solver=solver, device=device,
-                                 dtype=self.dtype)
-            U = d.left_vectors()
-            Xv = X[val] - d.X_mean
-            # Validation predictions for every α: Xv W(α), W(α) = A diag(f(α)) Q.
-            proj = Xv @ (d.Xc.T @ U if d.mode == "dual" else d.eigvecs)  # (n_val, k)
+            if dual:
+                eigvals, U, proj = _fold_kernel(gram, val, fit_intercept, self.dtype)
+            else:
+                d = Decomposition.of(X[~val], fit_intercept=fit_intercept, solver=solver, device=device,
+                                     dtype=self.dtype)
+                eigvals, U = d.eigvals, d.left_vectors()
+                proj = (X[val] - d.X_mean) @ d.eigvecs  # (n_val, k)
+            # Validation predictions for every α: proj diag(f(α)) Q.
+            f_of = (lambda a: 1.0 / (eigvals + a)) if dual else (lambda a: eigvals.sqrt() / (eigvals + a))
             step = self.target_batch or Y.shape[1]
             for start in range(0, Y.shape[1], step):
                 sl = slice(start, start + step)
@@ -207,8 +226,7 @@ class RidgeCV:
                 Q = U.T @ (Ytr - mu)
                 Yv = Yb[val] - mu
                 for i, a in enumerate(alphas):
-                    f = 1.0 / (d.eigvals + a) if d.mode == "dual" else d.eigvals.sqrt() / (d.eigvals + a)
-                    err = Yv - proj @ (Q * f[:, None])
+                    err = Yv - proj @ (Q * f_of(a)[:, None])
                     errors[i, sl] += (err * err).mean(0)
         return errors / k
 
@@ -220,6 +238,21 @@ class RidgeCV:
             raise DataError(f"model was fitted on {self.coef_.shape[0]} features, got {X.shape[-1]}")
         out = X @ self.coef_ + self.intercept_
         return out.cpu().numpy() if as_numpy else out
+
+
+def _fold_kernel(gram: torch.Tensor, val: torch.Tensor, fit_intercept: bool, dtype):
+    """A fold's dual quantities from the full Gram: eigenpairs of the training rows' kernel and
+    the validation-by-eigenvector projection ``K_vt U``, both centred on the training rows' mean
+    ``μ``: ``(x_a − μ)·(x_b − μ) = G_ab − mean_t G_at − mean_t G_tb + mean_tt G``. This replaces
+    a Gram of the training rows per fold (O(n²p) each) with one for all folds."""
+    G_tt, G_vt = gram[~val][:, ~val], gram[val][:, ~val]
+    if fit_intercept:
+        r = G_tt.mean(1)
+        s = r.mean()
+        G_tt = G_tt - r[:, None] - r[None, :] + s
+        G_vt = G_vt - G_vt.mean(1, keepdim=True) - r[None, :] + s
+    eigvals, U = _eig(G_tt, dtype)
+    return eigvals, U, (G_vt @ U.to(G_vt.dtype)).to(dtype)
 
 
 def _efficient_cv_errors(d: Decomposition, U, Q, Yc, alphas, loo: bool) -> torch.Tensor:
