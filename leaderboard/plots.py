@@ -20,7 +20,9 @@ from .tables import MISSING, ROI_ORDER
 
 
 def _row_label(df: pd.DataFrame, i) -> str:
-    parts = [str(df.at[i, "backbone"]), str(df.at[i, "weights"])]
+    parts = [str(df.at[i, "backbone"])]
+    parts += [str(df.at[i, c]) for c in ("system", "roi") if c in df and not pd.isna(df.at[i, c])]
+    parts.append(str(df.at[i, "weights"]))
     for col in ("layer", "readout"):
         if col in df and not pd.isna(df.at[i, col]):
             parts.append(f"{col} {df.at[i, col]}")

@@ -366,6 +366,10 @@ def test_decoding_record_gives_the_three_seed000_tables(tmp_path):
     assert s1.at["stage 1", "image→brain mean"] == pytest.approx(0.21)
     assert s1.at["stage 2", "brain→image delta"] == 0.3 and math.isnan(s1.at["stage 1", "brain→image delta"])
     assert s1.at["stage 2", "rank"] == 1 and s1.at["stage 1", "rank"] == 2  # by brain→image, per subject
+    from leaderboard.plots import _row_label  # the bar labels tell the stages apart
+
+    labels = {_row_label(t1, i) for i in t1.index if t1.at[i, "subject"] == "subj01"}
+    assert len(labels) == 2 and any("stage 1" in x for x in labels)
     md = render_markdown("decoding-retrieval", t1)
     assert "0.530 ± 0.020 (Δ +0.300 [+0.250, +0.350])" in md and "Δ = this row − stage 1" in md
 
