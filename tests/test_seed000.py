@@ -415,3 +415,31 @@ def test_decoding_runs_on_the_nsd_layout(tmp_path):
     assert {"V1", "floc-faces"} <= roi  # NSD's prf-visualrois / floc-* names map onto Table 3's rows
     examples = rec["tables"]["caption_examples"]
     assert examples[0]["reference"] == coco_caption(int(examples[0]["stim_id"]), 0)
+
+
+def test_tied_projection_is_blip2s_own_head():
+    """projection_init: tied — the brain is read through the (copied, trainable) vision_projection
+    itself: one module, optimised once, moved by both contrastive terms."""
+    import torch
+
+    from tasks.contrastive import STAGE2_PARAMS, eq1, stage2_model_class
+
+    retr = captioner.SyntheticBlip2(variant="retrieval", **CAPTIONER)
+    m = retr.model
+    q, h = m.config.num_query_tokens, m.config.qformer_config.hidden_size
+    rng = np.random.default_rng(0)
+    p = {**STAGE2_PARAMS, "projection_init": "tied"}
+    model = stage2_model_class()(rng.standard_normal((5, q * h)).astype(np.float32), np.zeros(q * h, np.float32),
+                                 (q, h), m, p)
+    assert model.brain_projection is model.vision_projection and model.vision_projection is not m.vision_projection
+    groups = model.param_groups(p)
+    ids = [id(t) for g in groups for t in g["params"]]
+    assert len(ids) == len(set(ids))  # no parameter in two groups
+    torch.optim.AdamW(groups)
+    enc = retr.tokenizer(["a red ball", "a face", "a sign"], padding=True, return_tensors="pt",
+                         return_token_type_ids=False)
+    x, y = torch.randn(3, 5), torch.randn(3, q * h)
+    p_bt = {**p, "lambda_mse": 0.0, "lambda_image_text": 0.0}
+    total, _ = eq1(model, x, y, enc["input_ids"], enc["attention_mask"], p_bt, 1.0)
+    total.backward()  # InfoNCE(b, t) alone reaches the shared head and the brain
+    assert model.vision_projection.weight.grad.abs().sum() > 0 and model.brain.weight.grad.abs().sum() > 0
