@@ -429,6 +429,28 @@ class Eva(Backbone):
     def encode(self, batch: StimulusBatch, layer: str) -> np.ndarray:
         return self.encode_layers(batch, [layer])[layer]
 
+    def block_readouts(self, x, indices: list[int], model=None, final: bool = False) -> tuple[list, object]:
+        """Read-outs of blocks ``indices`` for pixel tensor ``x`` → ``([tensor per block], final
+        features or None)``; differentiable (callers choose ``no_grad``). ``model``: a copy of
+        this backbone's network, e.g. one being fine-tuned (default: its own); ``final``: also
+        run to the end for the pooled read-out."""
+        import torch
+
+        m = model if model is not None else self._model
+        prefix = self.arch_info["num_prefix_tokens"] > 0
+        opts = dict(indices=indices, output_fmt="NLC", return_prefix_tokens=prefix)
+        if final:
+            last, inter = m.forward_intermediates(x, **opts) if indices else (m.forward_features(x), [])
+        else:
+            last, inter = None, m.forward_intermediates(x, intermediates_only=True, stop_early=True, **opts)
+        outs = []
+        for item in inter:
+            patches, pre = item if prefix else (item, None)
+            # (batch, tokens, width): the class token first, then the patches in raster order
+            tokens = torch.cat([pre[:, :1], patches], 1) if self.has_cls else patches
+            outs.append(apply_readout(tokens.float(), self.readout, has_cls=self.has_cls))
+        return outs, last
+
     def encode_layers(self, batch: StimulusBatch, layers) -> dict[str, np.ndarray]:
         """Features of ``batch`` at each of ``layers`` from one forward pass → ``{layer: array}``."""
         import torch
@@ -441,20 +463,11 @@ class Eva(Backbone):
             raise ConfigError(f"eva: unknown layer(s) {', '.join(map(repr, bad))} (readable: pooled, "
                               f"blocks.0..{self.n_blocks - 1})")
         self.ensure_ready()
-        m = self._model
         x = self.pixels(batch.images)
         idx = sorted({int(layer.split(".", 1)[1]) for layer in layers if layer != "pooled"})
-        out: dict = {}
         with torch.no_grad(), self.autocast():
-            opts = dict(indices=idx, output_fmt="NLC", return_prefix_tokens=self.arch_info["num_prefix_tokens"] > 0)
-            if "pooled" in layers:
-                final, inter = m.forward_intermediates(x, **opts) if idx else (m.forward_features(x), [])
-                out["pooled"] = m.forward_head(final, pre_logits=True)
-            else:
-                inter = m.forward_intermediates(x, intermediates_only=True, stop_early=True, **opts)
-            for i, item in zip(idx, inter):
-                patches, prefix = item if opts["return_prefix_tokens"] else (item, None)
-                # (batch, tokens, width): the class token first, then the patches in raster order
-                tokens = torch.cat([prefix[:, :1], patches], 1) if self.has_cls else patches
-                out[f"blocks.{i}"] = apply_readout(tokens.float(), self.readout, has_cls=self.has_cls)
+            outs, final = self.block_readouts(x, idx, final="pooled" in layers)
+            out = dict(zip((f"blocks.{i}" for i in idx), outs))
+            if final is not None:
+                out["pooled"] = self._model.forward_head(final, pre_logits=True)
         return {layer: out[layer].float().cpu().numpy() for layer in layers}

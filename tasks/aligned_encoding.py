@@ -189,7 +189,7 @@ class AlignedEncodingTask(Task):
     def _run(self, ctx: TaskContext) -> TaskOutput:
         p = self.p
         backbone = ctx.backbone
-        if not (hasattr(backbone, "torch_model") and hasattr(backbone, "n_blocks") and hasattr(backbone, "arch_info")):
+        if not (hasattr(backbone, "torch_model") and hasattr(backbone, "n_blocks") and hasattr(backbone, "block_readouts")):
             raise ConfigError(f"aligned_encoding needs the eva backbone (timm EVA / EVA-02), got "
                               f"{getattr(backbone, 'registry_name', type(backbone).__name__)}")
         blocks = sorted({b for b in p["blocks"] if b < backbone.n_blocks})
@@ -416,26 +416,16 @@ def trainable_names(model, blocks: list[int], unfreeze, freeze) -> list[str]:
 
 
 class _BlockFeatures:
-    """Differentiable twin of ``Eva.encode_layers`` for ``blocks.<i>`` read-outs, concatenated."""
+    """``Eva.block_readouts`` of a fine-tuned copy of the network, concatenated (differentiable)."""
 
     def __init__(self, model, blocks: list[int], backbone):
-        self.model, self.blocks = model, list(blocks)
-        self.readout, self.has_cls = backbone.readout, backbone.has_cls
-        self.prefix = backbone.arch_info["num_prefix_tokens"] > 0
+        self.model, self.blocks, self.backbone = model, list(blocks), backbone
 
     def __call__(self, x):
         import torch
 
-        from harness.features import apply_readout
-
-        inter = self.model.forward_intermediates(x, indices=self.blocks, output_fmt="NLC", intermediates_only=True,
-                                                 return_prefix_tokens=self.prefix, stop_early=True)
-        outs = []
-        for item in inter:
-            patches, prefix = item if self.prefix else (item, None)
-            tokens = torch.cat([prefix[:, :1], patches], 1) if self.has_cls else patches
-            outs.append(apply_readout(tokens.float(), self.readout, has_cls=self.has_cls).flatten(1))
-        return torch.cat(outs, 1)
+        outs, _ = self.backbone.block_readouts(x, self.blocks, model=self.model)
+        return torch.cat([o.flatten(1) for o in outs], 1)
 
 
 class VoxelHead:
