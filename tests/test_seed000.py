@@ -346,7 +346,8 @@ def test_captioner_is_cached_and_resumes_exactly(tmp_path, monkeypatch):
 def test_bad_parameters_fail_early(tmp_path):
     for bad, match in (({"lambda_mse": -1}, "lambda_mse"), ({"prompt": 3}, "prompt"),
                        ({"roi_stages": [3]}, "roi_stages"), ({"projection_init": "zeros"}, "projection_init"),
-                       ({"text_trials": 1}, "text_trials"), ({"refit": "yes"}, "refit")):
+                       ({"text_trials": 1}, "text_trials"), ({"refit": "yes"}, "refit"),
+                       ({"ridge_penalty": "yes"}, "ridge_penalty"), ({"select_on": "top1"}, "select_on")):
         with pytest.raises(ConfigError, match=match):
             DecodingTask(**bad)
     with pytest.raises(PluginNotFound, match="did you mean 'blip2'"):
@@ -443,3 +444,10 @@ def test_tied_projection_is_blip2s_own_head():
     total, _ = eq1(model, x, y, enc["input_ids"], enc["attention_mask"], p_bt, 1.0)
     total.backward()  # InfoNCE(b, t) alone reaches the shared head and the brain
     assert model.vision_projection.weight.grad.abs().sum() > 0 and model.brain.weight.grad.abs().sum() > 0
+
+
+def test_a_backbone_without_query_outputs_is_named(tmp_path):
+    cfg = tiny_config(tmp_path, backbones=[{"name": "pixels", "size": 8}],
+                      tasks=[{**DECODING, "retrieval_backbone": None}])
+    with pytest.raises(ConfigError, match="needs a BLIP-2 backbone whose layer holds its query outputs"):
+        Runner(cfg, progress=False).run()
