@@ -148,9 +148,8 @@ class RidgeCV:
     # -- fitting ---------------------------------------------------------------------
     def fit(self, X, Y, decomposition: Decomposition | None = None) -> "RidgeCV":
         device = resolve_device(self.device) if decomposition is None else decomposition.Xc.device
-        kfold = isinstance(self.cv, (int, np.integer)) and not isinstance(self.cv, bool)
-        d = decomposition or Decomposition.of(X, fit_intercept=self.fit_intercept, solver=self.solver,
-                                               device=device, dtype=self.dtype, keep_gram=kfold)
+        d = decomposition or Decomposition.of(X, fit_intercept=self.fit_intercept, solver=self.solver, device=device,
+                                               dtype=self.dtype, keep_gram=self.cv not in ("gcv", "loo"))
         Y = _as_tensor(Y, device, self.dtype)
         if Y.ndim == 1:
             Y = Y[:, None]

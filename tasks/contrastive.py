@@ -45,8 +45,8 @@ batches; with a validation part it evaluates eq. 1 and its terms on it (first ca
 image) and Table 1's four top-1 accuracies among all validation images before training (epoch 0)
 and after every epoch, keeps the weights of the epoch with the best ``select_on`` (lowest
 ``loss`` = eq. 1's total, as the seed's code, or one term: ``brain_text``, ``mse``,
-``image_text``; highest ``retrieval`` = the mean of the four accuracies) and stops after ``patience`` epochs without improvement (at most
-``max_epochs``); with ``epochs=N`` it trains exactly N epochs (the refit on the whole training
+``image_text``; highest ``retrieval`` = the mean of the four accuracies) and stops after
+``patience`` epochs without improvement (at most ``max_epochs``); with ``epochs=N`` it trains exactly N epochs (the refit on the whole training
 split at the validation-selected epoch count).
 """
 from __future__ import annotations
@@ -226,13 +226,16 @@ def eq1(model, x, y, ids, mask, p: dict, target_var: float, penalty=None) -> tup
     objective per target and row, Σ(b − i)² + α·‖w‖², so the ridge solution is its minimum.
     """
     b = model.brain_queries(x)
-    i = y.reshape(b.shape)
+    return eq1_terms(model, b, y.reshape(b.shape), model.text_embeds(ids, mask), p, target_var, penalty)
+
+
+def eq1_terms(model, b, i, t, p: dict, target_var: float, penalty=None) -> tuple:
+    """Eq. 1 from the brain's query outputs ``b``, the true ones ``i`` and text embeddings ``t``."""
     mse = ((b - i) ** 2).mean() / target_var
     if penalty is not None:
         alphas, n_rows = penalty
         w = model.brain.weight  # (targets, voxels)
         mse = mse + (alphas * w.pow(2).sum(1)).sum() / (n_rows * w.shape[0] * target_var)
-    t = model.text_embeds(ids, mask)
     bt = info_nce(model.shared(b, model.brain_projection), t, model.log_temp, p["label_smoothing"])
     it = info_nce(model.shared(i, model.vision_projection), t, model.log_temp, p["label_smoothing"])
     total = p["lambda_mse"] * mse + p["lambda_brain_text"] * bt + p["lambda_image_text"] * it
@@ -272,14 +275,14 @@ def evaluate(model, data: Paired, texts: TextBatcher, p: dict, target_var: float
             rows = np.arange(start, min(start + bs, n))
             x = torch.as_tensor(data.x[rows], device=device)
             y = torch.as_tensor(data.y[rows], device=device)
-            ids, mask = texts(_pick_captions(data.captions, rows, None))
             b = model.brain_queries(x)
+            t = model.text_embeds(*texts(_pick_captions(data.captions, rows, None)))
             brain.append(b.flatten(1))
             shared.append(model.shared(b, model.brain_projection))
-            text.append(model.text_embeds(ids, mask))
+            text.append(t)
             if len(rows) < 2:
                 continue  # a contrastive term needs two rows
-            total, parts = eq1(model, x, y, ids, mask, p, target_var)
+            total, parts = eq1_terms(model, b, y.reshape(b.shape), t, p, target_var)
             sums["loss"] += float(total) * len(rows)
             for k, v in parts.items():
                 sums[k] += float(v) * len(rows)
