@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from harness.backbone import Backbone, StimulusBatch
-from harness.errors import ConfigError, DataError
-from harness.registry import register_backbone
+from brainharness.backbone import Backbone, StimulusBatch
+from brainharness.errors import ConfigError, DataError
+from brainharness.registry import register_backbone
 
 
 @register_backbone("oracle")

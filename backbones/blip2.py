@@ -72,7 +72,7 @@ tokens at the ids the config names) is built offline with the ``tokenizers`` lib
 
 Offline: pretrained weights are looked up in the Hugging Face cache first
 (``local_files_only``); when they are not there and the hub cannot be reached
-(``HF_HUB_OFFLINE`` or a 3 s probe) a one-line :class:`~harness.errors.WeightsUnavailable`
+(``HF_HUB_OFFLINE`` or a 3 s probe) a one-line :class:`~brainharness.errors.WeightsUnavailable`
 says how to provide them, without waiting on network time-outs.
 """
 from __future__ import annotations
@@ -84,14 +84,14 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.backbone import Backbone, StimulusBatch
-from harness.errors import ConfigError, DataError, WeightsUnavailable
-from harness.features import apply_readout
-from harness.registry import register_backbone
-from harness.weights import first_line as _first_line
-from harness.weights import jsonable as _jsonable
-from harness.weights import offline_reason as _offline_reason
-from harness.weights import parse_weights, unavailable
+from brainharness.backbone import Backbone, StimulusBatch
+from brainharness.errors import ConfigError, DataError, WeightsUnavailable
+from brainharness.features import apply_readout
+from brainharness.registry import register_backbone
+from brainharness.weights import first_line as _first_line
+from brainharness.weights import jsonable as _jsonable
+from brainharness.weights import offline_reason as _offline_reason
+from brainharness.weights import parse_weights, unavailable
 
 GENERATION_ID = "Salesforce/blip2-opt-2.7b"
 RETRIEVAL_ID = "Salesforce/blip2-itm-vit-g"

@@ -6,12 +6,12 @@ and its image-text space (``Salesforce/blip2-itm-vit-g``). Without those weights
 noise, so the demo could not show captioning at all. This module trains the *same
 transformers classes* (``Blip2ForImageTextRetrieval`` and ``Blip2ForConditionalGeneration``,
 small config) on synthetic scenes and their captions, once, and caches both checkpoints with
-``save_pretrained``; they are then loaded through :class:`backbones.blip2.Blip2` with
+``save_pretrained``; they are then loaded through :class:`brainharness.backbones.blip2.Blip2` with
 ``weights: local:<dir>`` — the path users load saved checkpoints with. The backbone
 ``blip2-synthetic`` (:class:`SyntheticBlip2`) does both: train-or-load, then ``local:``.
 
 Training data
-    Scenes drawn by :mod:`harness.synthetic`'s generator (``make_scene`` / ``render`` /
+    Scenes drawn by :mod:`brainharness.datasets.synthetic`'s generator (``make_scene`` / ``render`` /
     ``make_captions``) with a **corpus seed of its own** (``corpus.seed``, default 1000003), one
     new scene per training example (``steps × batch_size`` scenes, one of its 5 captions each).
     They are *not* stimuli of any experiment: the synthetic dataset draws its stimuli with the
@@ -63,10 +63,10 @@ from pathlib import Path
 
 import numpy as np
 
-from backbones.blip2 import Blip2
+from brainharness.backbones.blip2 import Blip2
 
-from harness.errors import ConfigError
-from harness.registry import register_backbone
+from brainharness.errors import ConfigError
+from brainharness.registry import register_backbone
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ def captioner_key(spec: dict) -> tuple[str, dict]:
     import torch
     import transformers
 
-    from harness.synthetic import SyntheticDataset
+    from brainharness.datasets.synthetic import SyntheticDataset
 
     parts = {"captioner": VERSION, "generator": SyntheticDataset.VERSION, **spec,
              "torch": torch.__version__.split("+")[0], "transformers": transformers.__version__}
@@ -151,14 +151,14 @@ def captioner_key(spec: dict) -> tuple[str, dict]:
 
 
 def default_root(cache_dir: str | os.PathLike | None = None) -> Path:
-    from harness.features import default_cache_dir
+    from brainharness.features import default_cache_dir
 
     return Path(cache_dir or default_cache_dir()) / "captioners"
 
 
 def corpus_example(seed: int, index: int, image_size: int) -> tuple[np.ndarray, list[str]]:
     """Scene ``index`` of the corpus: its uint8 image and its captions."""
-    from harness.synthetic import make_captions, make_scene, render, scene_rng
+    from brainharness.datasets.synthetic import make_captions, make_scene, render, scene_rng
 
     scene = make_scene(scene_rng(seed, index, 0))
     return render(scene, image_size), make_captions(scene, scene_rng(seed, index, 1))
@@ -215,7 +215,7 @@ class _Trainer:
     def _build(self):
         import torch
 
-        from harness.synthetic import N_CAT
+        from brainharness.datasets.synthetic import N_CAT
 
         seed, t = self.t["seed"], self.t
         ret = Blip2(weights="random-init", config=self.spec["config"], variant="retrieval", init_seed=seed,
@@ -246,13 +246,13 @@ class _Trainer:
                 "sched": schedule(opt, t["lr"], t["steps"])}
 
     def _scene(self, i: int):
-        from harness.synthetic import make_scene, scene_rng
+        from brainharness.datasets.synthetic import make_scene, scene_rng
 
         return make_scene(scene_rng(self.spec["corpus"]["seed"], i, 0))
 
     def _scenes(self, first: int):
         """Images, captions and category features of corpus scenes first … first + B − 1."""
-        from harness.synthetic import category_features, make_captions, render, scene_rng
+        from brainharness.datasets.synthetic import category_features, make_captions, render, scene_rng
 
         crp = self.spec["corpus"]
         images, captions, content = [], [], []
@@ -411,7 +411,7 @@ class _Trainer:
             seconds = time.perf_counter() - t0
         meta = {"what": "BLIP-2 (transformers classes, small config) trained by backbones.blip2_synthetic on synthetic "
                         "scenes; not pretrained BLIP-2 weights",
-                "trained_on": (f"synthetic scenes (harness.synthetic generator v{self.parts['generator']}, corpus "
+                "trained_on": (f"synthetic scenes (brainharness.datasets.synthetic generator v{self.parts['generator']}, corpus "
                                f"seed {self.spec['corpus']['seed']}, {total * t['batch_size']} scenes at "
                                f"{self.spec['corpus']['image_size']} px), disjoint from every experiment's stimuli"),
                 "key_parts": self.parts, "history": history, "train_seconds_this_run": seconds}

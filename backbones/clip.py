@@ -38,7 +38,7 @@ format to carry other statistics.
 Offline: pretrained tags are looked up in open_clip's own caches (the Hugging Face hub cache,
 ``~/.cache/clip``) first and loaded from there without touching the network; only when the
 file is missing and the network is reachable does open_clip download it. Otherwise a one-line
-:class:`~harness.errors.WeightsUnavailable` says how to provide the weights.
+:class:`~brainharness.errors.WeightsUnavailable` says how to provide the weights.
 """
 from __future__ import annotations
 
@@ -54,14 +54,14 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.backbone import Backbone, StimulusBatch
-from harness.errors import ConfigError, DataError, HarnessError
-from harness.features import apply_readout
-from harness.registry import register_backbone
-from harness.weights import first_line as _first_line
-from harness.weights import jsonable as _jsonable
-from harness.weights import offline_reason as _offline_reason
-from harness.weights import parse_weights, unavailable
+from brainharness.backbone import Backbone, StimulusBatch
+from brainharness.errors import ConfigError, DataError, HarnessError
+from brainharness.features import apply_readout
+from brainharness.registry import register_backbone
+from brainharness.weights import first_line as _first_line
+from brainharness.weights import jsonable as _jsonable
+from brainharness.weights import offline_reason as _offline_reason
+from brainharness.weights import parse_weights, unavailable
 
 DEFAULT_MODEL = "ViT-B-32"
 _CONFIG_DIR: Path | None = None  # where custom model configs are written for open_clip

@@ -48,7 +48,7 @@ patch tokens, ``flatten`` → all tokens, ``grid`` → patch tokens pooled to 2 
 Offline: pretrained weights are looked up in the Hugging Face cache (and torch hub's cache for
 URL weights) first and loaded from the cached file without touching the network; only when
 they are missing and the hub is reachable does timm download them. Otherwise a one-line
-:class:`~harness.errors.WeightsUnavailable` says how to provide them.
+:class:`~brainharness.errors.WeightsUnavailable` says how to provide them.
 """
 from __future__ import annotations
 
@@ -62,14 +62,14 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from harness.backbone import Backbone, StimulusBatch
-from harness.errors import ConfigError, DataError, HarnessError
-from harness.features import apply_readout
-from harness.registry import register_backbone
-from harness.weights import first_line as _first_line
-from harness.weights import jsonable as _jsonable
-from harness.weights import offline_reason as _offline_reason
-from harness.weights import parse_weights, unavailable
+from brainharness.backbone import Backbone, StimulusBatch
+from brainharness.errors import ConfigError, DataError, HarnessError
+from brainharness.features import apply_readout
+from brainharness.registry import register_backbone
+from brainharness.weights import first_line as _first_line
+from brainharness.weights import jsonable as _jsonable
+from brainharness.weights import offline_reason as _offline_reason
+from brainharness.weights import parse_weights, unavailable
 
 DEFAULT_MODEL = "eva02_base_patch14_224.mim_in22k"
 PREPROCESS_MODES = ("tensor", "pil")

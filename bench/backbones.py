@@ -5,7 +5,7 @@
     python bench/backbones.py                # the demo's 1,900 images, 64 real-size images
     python bench/backbones.py --device cuda --n-real 512
 
-Two stimulus sets from ``harness.synthetic.SyntheticDataset`` (written to a temporary cache
+Two stimulus sets from ``brainharness.datasets.synthetic.SyntheticDataset`` (written to a temporary cache
 folder): the **demo** size (64 × 64 px images, the tiny random-init configs the demo and the
 tests use) and the **real** model input size (224 × 224 px, the real architectures with
 ``weights: random-init`` — same compute as the pretrained models, no download).
@@ -41,11 +41,11 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from harness import registry  # noqa: E402
-from harness.backbone import StimulusBatch  # noqa: E402
-from harness.features import FeatureCache  # noqa: E402
-from harness.ridge import resolve_device  # noqa: E402
-from harness.synthetic import SyntheticDataset  # noqa: E402
+from brainharness import registry  # noqa: E402
+from brainharness.backbone import StimulusBatch  # noqa: E402
+from brainharness.features import FeatureCache  # noqa: E402
+from brainharness.ridge import resolve_device  # noqa: E402
+from brainharness.datasets.synthetic import SyntheticDataset  # noqa: E402
 
 # The tiny random-init architectures of the demo / tests (the library's own config formats).
 EVA_DEMO = {"img_size": 64, "patch_size": 16, "embed_dim": 64, "depth": 6, "num_heads": 4}
@@ -131,7 +131,7 @@ def bench_backbone(label, name, options, stimuli, ids, cache, device, batch_size
 
 def bench_eva_extras(stimuli, ids, device, batch_size, n_layers_images) -> dict:
     """EVA at 224 px: preprocessing tensor vs PIL; LLM-VEM blocks in one pass vs six."""
-    from backbones.eva import Eva
+    from brainharness.backbones.eva import Eva
 
     out = {}
     images = stimuli.images(ids)

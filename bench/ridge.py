@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Benchmark ``harness.ridge.RidgeCV`` against scikit-learn and himalaya on the same data.
+"""Benchmark ``brainharness.ridge.RidgeCV`` against scikit-learn and himalaya on the same data.
 
     python bench/ridge.py --quick          # small problem, < 1 min on 2 CPU cores
     python bench/ridge.py                  # NSD decoding scale, or the largest size that fits
@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from harness.ridge import Decomposition, RidgeCV, resolve_device  # noqa: E402
+from brainharness.ridge import Decomposition, RidgeCV, resolve_device  # noqa: E402
 
 NSD = dict(n=8859, p=15724, t=24576)  # NSD decoding: train samples, voxels, targets
 QUICK = dict(n=1000, p=2000, t=1000)
@@ -270,7 +270,7 @@ def estimate(n, p, t, n_test, a, t_ref, k_sweep, k_indep, c, sk_eigh64_cpu=None)
     g32, g64, e64, e32 = c["gflops32"] * 1e9, c["gflops64"] * 1e9, c["eigh64"], c["eigh32"]
     ske64, skg64 = sk_eigh64_cpu or (e64, g64)
 
-    def decomp(n_, p_):  # float64 Gram + float64 eigh (harness.ridge.Decomposition)
+    def decomp(n_, p_):  # float64 Gram + float64 eigh (brainharness.ridge.Decomposition)
         m = min(n_, p_)
         return 2 * m * m * max(n_, p_) / g64 + e64 * m ** 3
 

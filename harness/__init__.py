@@ -2,9 +2,9 @@
 
 The Python API (imported lazily, so ``import harness`` stays light)::
 
-    from harness import RidgeCV, ncsnr, noise_ceiling, encoding_scores, top1_retrieval
-    from harness import run_config, load_config, ResultStore
-    from harness import register_backbone, register_task, register_dataset, register_metric
+    from brainharness import RidgeCV, ncsnr, noise_ceiling, encoding_scores, top1_retrieval
+    from brainharness import run_config, load_config, ResultStore
+    from brainharness import register_backbone, register_task, register_dataset, register_metric
 """
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ Schema (every key but ``dataset``, ``backbones`` and ``tasks`` has a default)::
     backbones: [{name: oracle, ...}]  # plugin name + parameters (weights, layer, readout, ...)
     tasks: [{name: encoding, ...}]    # plugin name + parameters
     tracking: {wandb: {mode: offline, project: brainharness, entity: null}}
-    sweep: {...}                      # only for `brainharness sweep` (see sweeps.study)
+    sweep: {...}                      # only for `brainharness sweep` (see brainharness.sweeps.study)
 """
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from .data import Responses, Stimuli
 from .errors import ConfigError, DataError
-from .noise_ceiling import ncsnr, noise_ceiling
+from .metrics.noise_ceiling import ncsnr, noise_ceiling
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Leaderboard: results store → per-task tables (Markdown, CSV, LaTeX, static HTML) and plots.
 
-Built from the results store alone; see :mod:`leaderboard.tables` for the rules (missing cells
+Built from the results store alone; see :mod:`brainharness.leaderboard.tables` for the rules (missing cells
 stay missing, random-init weights are never ranked, no silent duplicate rows).
 """
 from .tables import (build_tables, leaderboard_records, render_all_markdown, render_html, render_latex,

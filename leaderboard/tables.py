@@ -1,6 +1,6 @@
 """Results store → one leaderboard table per task (Markdown, CSV, LaTeX, static HTML).
 
-The leaderboard is built from the results store alone (:class:`harness.results.ResultStore`).
+The leaderboard is built from the results store alone (:class:`brainharness.results.ResultStore`).
 Only records with ``status == "complete"`` and ``evaluated_on == "test"`` are used: sweep
 trials and other model-selection records (``evaluated_on == "validation"``) and failed runs
 never appear.
@@ -32,7 +32,7 @@ Task layouts: ``encoding`` (and any task whose records carry a ``per_roi`` table
 in %. ``layerwise_encoding`` (records with a ``layer_scores`` table) has the same Table 13 columns, with
 each ROI's cell taken at the layer chosen for it on validation, plus the chosen layers (CSV
 columns ``<ROI> layer``; a "Best layer per ROI" table in Markdown / LaTeX / HTML) and one
-ROI × layer heatmap PNG per record (:func:`leaderboard.plots.layer_heatmap`).
+ROI × layer heatmap PNG per record (:func:`brainharness.leaderboard.plots.layer_heatmap`).
 ``retrieval`` follows seed 000 Table 1 (top-1 accuracy, mean ± half 95 % CI per
 direction; the CSV keeps mean / ci_low / ci_high as numbers). ``captioning`` follows seed 000
 Table 2 (METEOR, ROUGE-1, ROUGE-L, Sentence, CLIP-B, CLIP-L, then any other scores). Any other
@@ -52,7 +52,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from harness.results import ResultStore, atomic_write_bytes
+from brainharness.results import ResultStore, atomic_write_bytes
 
 from .decoding import expand
 
@@ -177,7 +177,7 @@ def _identity(record: dict, root: Path) -> dict:
         "dataset": _text(key.get("dataset")),
         "subject": _text(key.get("subject")),
         "backbone": _text(key.get("backbone") or backbone.get("name")),  # the label: oracle vs oracle-shuffled
-        "system": _text(record.get("_system")),  # rows derived from one decoding record (leaderboard.decoding)
+        "system": _text(record.get("_system")),  # rows derived from one decoding record (brainharness.leaderboard.decoding)
         "roi": _text(record.get("_roi")),
         "weights": label,
         "layer": _text(backbone.get("layer")),
@@ -195,7 +195,7 @@ def _identity(record: dict, root: Path) -> dict:
 
 def _layout_of(task: str, records: list[dict]) -> str:
     hints = {r["_layout"] for r in records if r.get("_layout")}
-    if len(hints) == 1:  # derived records (leaderboard.decoding) name their layout
+    if len(hints) == 1:  # derived records (brainharness.leaderboard.decoding) name their layout
         return hints.pop()
     tables = [r.get("tables") or {} for r in records]
     if task == LAYERWISE or any((r.get("task") or {}).get("name") == LAYERWISE or t.get("layer_scores")

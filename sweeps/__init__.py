@@ -1,1 +1,1 @@
-"""Optuna sweeps over ridge α ranges and task hyper-parameters (see :mod:`sweeps.study`)."""
+"""Optuna sweeps over ridge α ranges and task hyper-parameters (see :mod:`brainharness.sweeps.study`)."""

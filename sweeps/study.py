@@ -39,8 +39,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from harness.errors import ConfigError
-from harness.runner import Runner
+from brainharness.errors import ConfigError
+from brainharness.runner import Runner
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +247,7 @@ def _report_hook(target):
     the best trial's test record exists; what it returns is the summary's ``report``."""
     if target is None:
         return None
-    from harness.registry import _import_target
+    from brainharness.registry import _import_target
 
     if not isinstance(target, str) or ":" not in target:
         raise ConfigError(f"sweep.report must be 'module:function', got {target!r}")

@@ -11,7 +11,7 @@ training split (that is where λ is chosen; the test split is not read per λ). 
 appears once, in a second block: stage 1 and stage 2 with the selected λ, from the sweep's
 single best-on-test record.
 
-As a sweep report hook (``sweep.report: sweeps.tables:stage_table_report``) it writes
+As a sweep report hook (``sweep.report: brainharness.sweeps.tables:stage_table_report``) it writes
 ``<results_dir>/tables/<study>.stages.md`` and ``.csv`` and prints the Markdown.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ import io
 import math
 from pathlib import Path
 
-from harness.results import atomic_write_bytes
+from brainharness.results import atomic_write_bytes
 
 SEED004_LAMBDAS = (0.0, 1e-3, 1e-2, 1e-1, 1.0)
 COLUMNS = ("split", "model", "lam", "median_nc_r2", "change_median_pct", "mean_nc_r2", "change_mean_pct",

@@ -29,7 +29,7 @@ identical count as positives (so duplicated descriptions are not pushed apart). 
 from the ridge map (GCV) of the stage-1 features onto the normalised text embeddings.
 
 Selection (DESIGN §3) never leaves the ``fit`` part the runner hands over: a validation part
-is carved from it (``validation_fraction``, :func:`harness.task.selection_split`); stage 1 and
+is carved from it (``validation_fraction``, :func:`brainharness.task.selection_split`); stage 1 and
 ``W`` are fitted on the rest (α by GCV), and stage 2 keeps the epoch with the best validation
 score (epoch 0 = the stage-1 checkpoint, so stage 2 never reports a worse validation score
 than stage 1), stopping after ``patience`` epochs without improvement, at most
@@ -63,11 +63,11 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.errors import ConfigError, DataError
-from harness.metrics import encoding_scores
-from harness.registry import register_task
-from harness.task import Task, TaskContext, TaskOutput, selection_split, validation_noise_ceiling
-from tasks.encoding import RIDGE_PARAMS, _scatter, alpha_grid
+from brainharness.errors import ConfigError, DataError
+from brainharness.metrics import encoding_scores
+from brainharness.registry import register_task
+from brainharness.task import Task, TaskContext, TaskOutput, selection_split, validation_noise_ceiling
+from brainharness.tasks.encoding import RIDGE_PARAMS, _scatter, alpha_grid
 
 SEED004_BLOCKS = (0, 2, 4, 6, 8, 10)
 SEED004_FROZEN = ("cls_token", "pos_embed", "patch_embed*", "blocks*norm*", "blocks*mlp*")  # Table 2
@@ -253,7 +253,7 @@ class AlignedEncodingTask(Task):
 
     def _stage1(self, ctx: TaskContext, backbone, layers: list[str], keep: np.ndarray) -> dict:
         """Carve the validation part, fit the ridge voxel head on the rest (memoised per split)."""
-        from harness.features import ids_digest
+        from brainharness.features import ids_digest
 
         p = self.p
         key = ("aligned_encoding.stage1", json.dumps(backbone.identity(), sort_keys=True, default=str), id(backbone),
@@ -498,7 +498,7 @@ def _torch_head_class():
 
 def _ridge_map(X: np.ndarray, Y: np.ndarray, p: dict, device, bias: bool = False):
     """Ridge ``X → Y`` with a per-target α by the task's CV rule (``cv``) → weights (and bias)."""
-    from harness.ridge import RidgeCV
+    from brainharness.ridge import RidgeCV
 
     model = RidgeCV(alphas=alpha_grid(p), cv=p["cv"], device=device).fit(X, Y)
     W = model.coef_.float().cpu().numpy()
@@ -666,7 +666,7 @@ class _TextEncoder:
             path = Path(model)
             if not path.is_dir():
                 raise ConfigError(f"aligned_encoding: sentence-transformers model folder not found: {path}")
-            from harness.ridge import resolve_device
+            from brainharness.ridge import resolve_device
 
             self.st = sentence_transformers.SentenceTransformer(str(path), device=str(resolve_device(device)))
             weights = next((path / n for n in ("model.safetensors", "pytorch_model.bin") if (path / n).is_file()), None)
@@ -674,7 +674,7 @@ class _TextEncoder:
             self.identity = {"kind": kind, "path": str(path.resolve()), "sentence_transformers":
                              sentence_transformers.__version__, "weights_bytes": stat.st_size if stat else None}
         else:
-            from harness import registry
+            from brainharness import registry
 
             spec = dict(model or {"model": "ViT-B-32", "weights": "pretrained"})
             spec.setdefault("device", device)
@@ -703,7 +703,7 @@ def embed_texts(texts: list[list[str]], kind: str, model, ctx: TaskContext) -> n
     memory = _TEXT_MEMORY.setdefault(enc.key, {})
     root = getattr(getattr(ctx.features, "cache", None), "root", None)
     if root is None:
-        from harness.features import default_cache_dir
+        from brainharness.features import default_cache_dir
 
         root = default_cache_dir() / "features"
     path = Path(root).parent / "text-embeddings" / f"{enc.key}.npz"
@@ -732,7 +732,7 @@ def _write_embeddings(path: Path, new: dict[str, np.ndarray]) -> None:
     import fcntl
     import io
 
-    from harness.results import atomic_write_bytes
+    from brainharness.results import atomic_write_bytes
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_name(path.name + ".lock"), "w") as lock:

@@ -13,14 +13,14 @@
   set to 1, every other voxel 0, in the standardised voxel space the brain model was fitted
   in. Following the seed's code, the linear part of the brain model's output is L2-normalised
   per query token and scaled (``scale``, 11 in the paper) before the intercept is added.
-* Scores come from :func:`harness.caption_metrics.caption_scores` (``None`` = unavailable,
+* Scores come from :func:`brainharness.metrics.captions.caption_scores` (``None`` = unavailable,
   never 0); a metric that could not run stays missing in every row.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from harness.errors import ConfigError, DataError
+from brainharness.errors import ConfigError, DataError
 
 # Table 3's rows: ROI groups by the names the NSD and synthetic loaders use (members absent
 # from a subject are skipped; a group with no member is reported as skipped).
@@ -132,7 +132,7 @@ def generate(backbone, queries: np.ndarray, prompt: str | None, gen_kwargs: dict
 
 def score_captions(predictions: list[str], references: list[list[str]], metrics, device: str | None):
     """``caption_scores`` with the task's metric list (``None`` = all) → (per_image, summary, info)."""
-    from harness.caption_metrics import METRICS, caption_scores
+    from brainharness.metrics.captions import METRICS, caption_scores
 
     return caption_scores(predictions, references, metrics=tuple(metrics or METRICS), device=device)
 

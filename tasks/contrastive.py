@@ -57,7 +57,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from harness.errors import ConfigError, DataError
+from brainharness.errors import ConfigError, DataError
 
 STAGE2_PARAMS = {
     "lambda_mse": 1.0, "lambda_brain_text": 1.0, "lambda_image_text": 1.0,

@@ -13,15 +13,15 @@ the unit's backbone). On the synthetic data both are the ``blip2-synthetic`` che
 Stage 1 — ridge from the standardised voxels of ``roi`` (default ``nsdgeneral``) to the
 flattened query outputs, one α per target chosen by GCV on the fit rows (:func:`fit_ridge`).
 
-Stage 2 — eq. 1 (:mod:`tasks.contrastive`). Selection never leaves the fit rows: a validation
-part (``validation_fraction``) is carved from them (:func:`harness.task.selection_split`); a
+Stage 2 — eq. 1 (:mod:`brainharness.tasks.contrastive`). Selection never leaves the fit rows: a validation
+part (``validation_fraction``) is carved from them (:func:`brainharness.task.selection_split`); a
 ridge fitted on the rest starts stage 2, whose best epoch on the validation part (``select_on``:
 eq. 1's total or one of its terms; epoch 0 = the ridge) is kept. With ``refit`` (default) stage 2 is then retrained from the stage-1
 ridge of *all* fit rows for exactly that many epochs; without it, the validation-selected
 model is used as it is. ``select_on: retrieval`` selects the epoch on Table 1 itself: the mean
 validation top-1 of the four directions (all validation images as candidates).
 
-Retrieval (DESIGN §6, MindEye-2 protocol, :func:`harness.metrics.top1_retrieval`):
+Retrieval (DESIGN §6, MindEye-2 protocol, :func:`brainharness.metrics.top1_retrieval`):
 ``n_candidates`` score images, ``n_trials`` (image) / ``text_trials`` (text) draws, mean and
 95 % CI, for both stages. ``brain→image`` / ``image→brain``: cosine of the flattened query
 outputs (brain prediction vs the image's true ones). ``brain→text`` / ``text→brain``: BLIP-2's
@@ -29,15 +29,15 @@ image-text similarity (max over query tokens of the cosine) between the brain pr
 the shared space and the text embedding of the image's ``caption_index``-th caption — stage 1
 reads its prediction through the retrieval model's own ``vision_projection`` and texts through
 its own text path (no training: the zero-shot reading), stage 2 through ``brain_projection``
-and its fine-tuned text path (:func:`harness.metrics.top1_from_similarity`). Stage-2 rows also
+and its fine-tuned text path (:func:`brainharness.metrics.top1_from_similarity`). Stage-2 rows also
 carry ``delta`` = stage 2 − stage 1 on the same trials with a 95 % CI over test images
-(:func:`harness.metrics.paired_difference`): the trial CI resamples one test set, so it says
+(:func:`brainharness.metrics.paired_difference`): the trial CI resamples one test set, so it says
 how stable the mean is, not whether two models differ.
 
-Captioning (:mod:`tasks.captioning`): captions of both stages' predictions and of the
+Captioning (:mod:`brainharness.tasks.captioning`): captions of both stages' predictions and of the
 reference systems (nearest-neighbour training caption, the true image's caption, shuffled
 brain), scored against all captions of each image with
-:func:`harness.caption_metrics.caption_scores` (``caption_metrics``: names, ``null`` = all).
+:func:`brainharness.metrics.captions.caption_scores` (``caption_metrics``: names, ``null`` = all).
 ``prompt``: ``null`` (BOS only), a string, or a list of candidates — then the one whose
 validation captions score best on ``select_metric`` is used (validation part of the fit rows,
 predicted by the stage-2 model selected there, or by the train-part ridge without stage 2).
@@ -59,14 +59,14 @@ from typing import ClassVar
 
 import numpy as np
 
-from harness import registry
-from harness.errors import ConfigError, DataError
-from harness.features import flatten_rows
-from harness.metrics import paired_difference, top1_from_similarity, top1_retrieval
-from harness.registry import register_task
-from harness.task import TaskContext, TaskOutput, selection_split, standardise
-from tasks import captioning as cap
-from tasks.contrastive import (
+from brainharness import registry
+from brainharness.errors import ConfigError, DataError
+from brainharness.features import flatten_rows
+from brainharness.metrics import paired_difference, top1_from_similarity, top1_retrieval
+from brainharness.registry import register_task
+from brainharness.task import TaskContext, TaskOutput, selection_split, standardise
+from brainharness.tasks import captioning as cap
+from brainharness.tasks.contrastive import (
     STAGE2_PARAMS,
     STAGE2_SPACE,
     Paired,
@@ -76,8 +76,8 @@ from tasks.contrastive import (
     train_stage2,
     validate_stage2,
 )
-from tasks.encoding import RIDGE_SPACE, fit_ridge
-from tasks.retrieval import RetrievalTask
+from brainharness.tasks.encoding import RIDGE_SPACE, fit_ridge
+from brainharness.tasks.retrieval import RetrievalTask
 
 RETRIEVAL_SPEC = {"name": "blip2", "model": "Salesforce/blip2-itm-vit-g", "weights": "pretrained"}
 GENERATE = ("max_new_tokens", "num_beams")
@@ -133,7 +133,7 @@ class DecodingTask(RetrievalTask):
 
     # -- running ----------------------------------------------------------------------
     def run(self, ctx: TaskContext) -> TaskOutput:
-        from backbones.blip2_synthetic import torch_threads
+        from brainharness.backbones.blip2_synthetic import torch_threads
 
         with torch_threads(self.p["num_threads"]):
             return self._run(ctx)
@@ -150,7 +150,7 @@ class DecodingTask(RetrievalTask):
         return ctx.memo[key]
 
     def _run(self, ctx: TaskContext) -> TaskOutput:
-        from harness.ridge import resolve_device
+        from brainharness.ridge import resolve_device
 
         p, t = self.p, {}
         device = str(resolve_device(ctx.device))

@@ -5,11 +5,11 @@ import time
 
 import numpy as np
 
-from harness.errors import ConfigError, DataError
-from harness.features import flatten_rows, pca_readout
-from harness.metrics import encoding_scores
-from harness.registry import register_task
-from harness.task import Task, TaskContext, TaskOutput, standardise
+from brainharness.errors import ConfigError, DataError
+from brainharness.features import flatten_rows, pca_readout
+from brainharness.metrics import encoding_scores
+from brainharness.registry import register_task
+from brainharness.task import Task, TaskContext, TaskOutput, standardise
 
 
 def alpha_grid(p: dict) -> np.ndarray:
@@ -30,7 +30,7 @@ RIDGE_SPACE = {"alpha_min": {"low": 1e-3, "high": 1e3, "log": True},
 
 def fit_ridge(p: dict, ctx: TaskContext, X_fit, Y_fit, X_score, memo_key):
     """Shared stage: optional PCA (fit rows only), standardise, ridge with per-target α."""
-    from harness.ridge import RidgeCV  # torch stays unimported until a task runs
+    from brainharness.ridge import RidgeCV  # torch stays unimported until a task runs
 
     X_fit, X_score = flatten_rows(X_fit), flatten_rows(X_score)
     if p["pca"]:

@@ -2,7 +2,7 @@
 
 One backbone pass reads all requested layers (``_FeatureView.prefetch`` →
 ``FeatureCache.features_multi``: one cache file per layer). Then, per layer, the encoding of
-:mod:`tasks.encoding` (same ridge, same metrics) is run twice:
+:mod:`brainharness.tasks.encoding` (same ridge, same metrics) is run twice:
 
 1. **Selection** — ridge fitted on the fit split minus a validation part carved from it
    (``validation_fraction``, seeded), scored on that validation part with a noise ceiling
@@ -39,10 +39,10 @@ import time
 
 import numpy as np
 
-from harness.errors import ConfigError, DataError, HarnessError
-from harness.metrics import encoding_scores
-from harness.registry import register_task
-from harness.task import Task, TaskContext, TaskOutput, selection_split, validation_noise_ceiling
+from brainharness.errors import ConfigError, DataError, HarnessError
+from brainharness.metrics import encoding_scores
+from brainharness.registry import register_task
+from brainharness.task import Task, TaskContext, TaskOutput, selection_split, validation_noise_ceiling
 
 from .encoding import RIDGE_PARAMS, RIDGE_SPACE, _scatter, alpha_grid, fit_ridge
 

@@ -10,12 +10,12 @@ import time
 
 import numpy as np
 
-from harness.errors import ConfigError, DataError
-from harness.features import flatten_rows
-from harness.metrics import top1_retrieval
-from harness.registry import register_task
-from harness.task import Task, TaskContext, TaskOutput, standardise
-from tasks.encoding import RIDGE_PARAMS, RIDGE_SPACE, alpha_grid, fit_ridge
+from brainharness.errors import ConfigError, DataError
+from brainharness.features import flatten_rows
+from brainharness.metrics import top1_retrieval
+from brainharness.registry import register_task
+from brainharness.task import Task, TaskContext, TaskOutput, standardise
+from brainharness.tasks.encoding import RIDGE_PARAMS, RIDGE_SPACE, alpha_grid, fit_ridge
 
 
 @register_task("retrieval")

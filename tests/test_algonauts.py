@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from harness.algonauts import Algonauts2023
-from harness.errors import ConfigError, DataError
-from harness.runner import Runner
+from brainharness.datasets.algonauts import Algonauts2023
+from brainharness.errors import ConfigError, DataError
+from brainharness.runner import Runner
 from nsd_layouts import build_algonauts, build_nsd, coco_caption
 
 

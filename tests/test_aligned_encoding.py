@@ -11,13 +11,13 @@ import optuna
 import pytest
 import torch
 
-import tasks.aligned_encoding  # noqa: F401 - registers the task (entry point added with the commit)
+import brainharness.tasks.aligned_encoding  # noqa: F401 - registers the task (entry point added with the commit)
 from conftest import tiny_config
-from harness.errors import ConfigError, DataError
-from harness.runner import Runner
-from sweeps.study import Sweep, run_sweep
-from sweeps.tables import stage_rows, to_csv, to_markdown
-from tasks.aligned_encoding import read_text_file, stimulus_texts, trainable_names
+from brainharness.errors import ConfigError, DataError
+from brainharness.runner import Runner
+from brainharness.sweeps.study import Sweep, run_sweep
+from brainharness.sweeps.tables import stage_rows, to_csv, to_markdown
+from brainharness.tasks.aligned_encoding import read_text_file, stimulus_texts, trainable_names
 
 pytest.importorskip("timm")
 pytest.importorskip("sentence_transformers")
@@ -69,7 +69,8 @@ def test_stage2_starts_from_stage1_and_keeps_the_validation_selected_epoch(tmp_p
     assert hist[0]["epoch"] == 0
     assert hist[0]["validation_score"] == pytest.approx(det["stage1_validation_score"], abs=1e-3)
     assert det["stage2_validation_score"] == max(h["validation_score"] for h in hist)
-    assert det["stage2_validation_score"] >= det["stage1_validation_score"]
+    # never worse than where it started (epoch 0 is stage 1 re-scored in float32 by torch)
+    assert det["stage2_validation_score"] >= det["stage1_validation_score"] - 1e-5
     assert rec["scores"]["best_epoch"] == max(hist, key=lambda h: h["validation_score"])["epoch"]
     assert all(h["nce"] is None for h in hist) and det["text"]["used"] is False  # MSE-only fine-tuning
     assert [r["stage"] for r in rec["tables"]["stages"]] == ["1", "2"]
@@ -107,7 +108,7 @@ def test_selection_never_reads_the_test_split(tmp_path, monkeypatch):
         monkeypatch.setattr(runner.cache, "features_multi", lambda b, s, ids, layers, progress=False: (
             seen["features"].append(set(np.asarray(ids).tolist())), orig_multi(b, s, ids, layers, progress))[1])
     orig_texts = stimulus_texts
-    monkeypatch.setattr(tasks.aligned_encoding, "stimulus_texts", lambda src, st, ids: (
+    monkeypatch.setattr(brainharness.tasks.aligned_encoding, "stimulus_texts", lambda src, st, ids: (
         seen["texts"].append(set(np.asarray(ids).tolist())), orig_texts(src, st, ids))[1])
 
     rec = runner.run_unit("subj01", bspec, tspec, evaluated_on="validation", experiment="val", track=False)
@@ -163,7 +164,7 @@ def test_pca_voxel_mapping_and_stage_1_alone(tmp_path):
 def test_clip_text_tower_and_the_text_embedding_cache(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
-    from tasks.aligned_encoding import _TEXT_MEMORY, _text_encoder, embed_texts
+    from brainharness.tasks.aligned_encoding import _TEXT_MEMORY, _text_encoder, embed_texts
 
     pytest.importorskip("open_clip")
     spec = {"model": "tiny-vit", "weights": "random-init", "model_config": {
@@ -187,7 +188,7 @@ def test_lambda_grid_sweep_resumes_and_writes_table3(tmp_path, monkeypatch):
 
     def cfg(n_trials=None):
         sweep = {"study": "lam", "sampler": "grid", "space": {"lam": {"choices": LAMBDAS}},
-                 "report": "sweeps.tables:stage_table_report"}
+                 "report": "brainharness.sweeps.tables:stage_table_report"}
         if n_trials:
             sweep["n_trials"] = n_trials
         return {**config(tmp_path, max_epochs=1, text_source=str(path)), "sweep": sweep}
@@ -236,7 +237,7 @@ def test_lambda_grid_sweep_resumes_and_writes_table3(tmp_path, monkeypatch):
 
 
 def test_grid_sampler_reruns_points_left_running_by_a_killed_worker():
-    from sweeps.study import _resumable_grid_sampler
+    from brainharness.sweeps.study import _resumable_grid_sampler
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=_resumable_grid_sampler({"x": {"choices": [1, 2, 3]}}, 0))
@@ -284,7 +285,7 @@ def test_bad_settings_fail_early(tmp_path):
     cfg = {**config(tmp_path), "sweep": {"sampler": "grid", "space": {"lam": {"low": 0.0, "high": 1.0}}}}
     with pytest.raises(ConfigError, match="sampler grid needs"):
         Sweep(Runner(cfg, progress=False))
-    cfg["sweep"] = {"sampler": "grid", "space": {"lam": {"choices": LAMBDAS}}, "report": "sweeps.tables:nope"}
+    cfg["sweep"] = {"sampler": "grid", "space": {"lam": {"choices": LAMBDAS}}, "report": "brainharness.sweeps.tables:nope"}
     with pytest.raises(ConfigError, match="cannot be imported"):
         Sweep(Runner(cfg, progress=False))
     runner = Runner(tiny_config(tmp_path, backbones=[{"name": "pixels", "size": 8}], tasks=[task_spec()]),

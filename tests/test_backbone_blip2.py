@@ -13,16 +13,16 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from harness.backbone import StimulusBatch
-from harness.data import Stimuli
-from harness.errors import ConfigError, DataError, WeightsUnavailable
-from harness.features import FeatureCache
+from brainharness.backbone import StimulusBatch
+from brainharness.data import Stimuli
+from brainharness.errors import ConfigError, DataError, WeightsUnavailable
+from brainharness.features import FeatureCache
 
 pytest.importorskip("transformers")
 
 from transformers import Blip2Config, Blip2QFormerConfig, Blip2VisionConfig, OPTConfig  # noqa: E402
 
-from backbones.blip2 import GENERATION_ID, RETRIEVAL_ID, Blip2  # noqa: E402
+from brainharness.backbones.blip2 import GENERATION_ID, RETRIEVAL_ID, Blip2  # noqa: E402
 
 N_QUERY, WIDTH, PATCHES, EMBED = 4, 32, 16, 16  # 32 px images, 8 px patches → 4×4 patches
 
@@ -323,7 +323,7 @@ def test_pretrained_loads_from_the_hub_cache_offline(ret, saved):
 
 
 def test_runner_encoding_and_retrieval(tmp_path):
-    from harness.runner import Runner
+    from brainharness.runner import Runner
 
     bspec = {"name": "blip2", "weights": "random-init", "config": HAND, "layer": "qformer", "readout": "flatten",
              "batch_size": 64}

@@ -13,14 +13,14 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from harness.backbone import StimulusBatch
-from harness.data import Stimuli
-from harness.errors import ConfigError, WeightsUnavailable
-from harness.features import FeatureCache, cache_key
+from brainharness.backbone import StimulusBatch
+from brainharness.data import Stimuli
+from brainharness.errors import ConfigError, WeightsUnavailable
+from brainharness.features import FeatureCache, cache_key
 
 pytest.importorskip("open_clip")
 
-from backbones.clip import Clip  # noqa: E402
+from brainharness.backbones.clip import Clip  # noqa: E402
 
 # ViT tower: 32 px images, 8 px patches → 4×4 = 16 patches + the class token; 2 blocks.
 TINY = {
@@ -207,7 +207,7 @@ def test_cache_key_follows_config_layer_and_readout():
 
 
 def test_runner_encoding_and_retrieval(tmp_path):
-    from harness.runner import Runner
+    from brainharness.runner import Runner
 
     spec = {"name": "clip", "weights": "random-init", "model_config": TINY, "layer": "blocks.1", "readout": "mean"}
     cfg = tiny_config(tmp_path, backbones=[spec],

@@ -9,14 +9,14 @@ import pytest
 import yaml
 from importlib import resources
 
-from harness import registry
-from harness.features import FeatureCache
-from harness.synthetic import SyntheticDataset
+from brainharness import registry
+from brainharness.features import FeatureCache
+from brainharness.datasets.synthetic import SyntheticDataset
 
 
 def _demo_specs() -> dict:
     """Tiny specs: the demo's own small random-init configs, keyed by plugin name."""
-    cfg = yaml.safe_load(resources.files("harness.configs").joinpath("demo.yaml").read_text())
+    cfg = yaml.safe_load(resources.files("brainharness.configs").joinpath("demo.yaml").read_text())
     specs = {}
     for b in cfg["backbones"]:
         b = {k: v for k, v in b.items() if k != "label"}
@@ -72,7 +72,7 @@ def test_backbone_conformance(name, stimuli, tmp_path):
     np.testing.assert_array_equal(first, again)
     # the same backbone, fresh, without cache: identical (deterministic, batch-independent)
     bb2 = cls(**SPECS[name], batch_size=2, device="cpu")
-    from harness.backbone import StimulusBatch
+    from brainharness.backbone import StimulusBatch
 
     bb2.ensure_ready()
     direct = np.concatenate([bb2.encode(StimulusBatch(stimuli, ids[i:i + 2]), bb2.layer) for i in range(0, 5, 2)])

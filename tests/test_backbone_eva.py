@@ -12,14 +12,14 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from harness.backbone import StimulusBatch
-from harness.data import Stimuli
-from harness.errors import ConfigError, WeightsUnavailable
-from harness.features import FeatureCache, cache_key
+from brainharness.backbone import StimulusBatch
+from brainharness.data import Stimuli
+from brainharness.errors import ConfigError, WeightsUnavailable
+from brainharness.features import FeatureCache, cache_key
 
 timm = pytest.importorskip("timm")
 
-from backbones.eva import DEFAULT_MODEL, Eva  # noqa: E402
+from brainharness.backbones.eva import DEFAULT_MODEL, Eva  # noqa: E402
 
 # EVA-02 (rope, SwiGLU) at 32 px with 8 px patches → 4×4 = 16 patches + the class token; 4 blocks.
 TINY = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 4, "num_heads": 2}
@@ -258,7 +258,7 @@ def test_cache_key_follows_config_layer_and_readout():
 
 
 def test_runner_encoding(tmp_path):
-    from harness.runner import Runner
+    from brainharness.runner import Runner
 
     spec = {"name": "eva", "weights": "random-init", "model_kwargs": TINY, "layer": "blocks.2", "readout": "mean"}
     cfg = tiny_config(tmp_path, backbones=[spec])

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from harness.brain_diffuser import BrainDiffuser
-from harness.errors import DataError
-from harness.runner import Runner
+from brainharness.datasets.brain_diffuser import BrainDiffuser
+from brainharness.errors import DataError
+from brainharness.runner import Runner
 from nsd_layouts import build_brain_diffuser, build_nsd, coco_caption, independent_noise_ceiling
 
 

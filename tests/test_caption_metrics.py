@@ -1,4 +1,4 @@
-"""harness.caption_metrics: every metric equals its reference library's own output.
+"""brainharness.metrics.captions: every metric equals its reference library's own output.
 
 The METEOR 1.5 JVM needs ~25 s to load its paraphrase table, so it is started when this
 module is imported and loads while the other tests run; all metrics are computed once
@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from harness import caption_metrics as cm
-from harness.errors import ConfigError, DataError, HarnessError
+from brainharness.metrics import captions as cm
+from brainharness.errors import ConfigError, DataError, HarnessError
 
 cm.start_meteor_coco()  # as early as possible: the JVM loads in the background
 

@@ -1,7 +1,7 @@
 """`brainharness data check PATH`: layout detection, sizes and problems, from headers only."""
 import numpy as np
 
-from harness.datacheck import check_path, format_report
+from brainharness.datasets.datacheck import check_path, format_report
 from nsd_layouts import BETA, build_algonauts, build_brain_diffuser, build_nsd, nsd_paths, write_session
 
 
@@ -57,7 +57,7 @@ def test_algonauts_and_unknown_folders(tmp_path):
 
 
 def test_cli_data_check_reports_layout(tmp_path, capsys):
-    from harness.cli import main
+    from brainharness.cli import main
 
     assert main(["data", "check", str(tmp_path)]) == 1  # an empty folder has no known layout
     out = capsys.readouterr().out

@@ -2,9 +2,9 @@ import h5py
 import numpy as np
 import pytest
 
-from harness.backbone import Backbone
-from harness.data import Stimuli
-from harness.features import FeatureCache, apply_readout, pca_readout
+from brainharness.backbone import Backbone
+from brainharness.data import Stimuli
+from brainharness.features import FeatureCache, apply_readout, pca_readout
 
 
 class Counting(Backbone):

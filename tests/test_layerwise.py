@@ -9,16 +9,16 @@ import h5py
 import numpy as np
 import pytest
 
-import tasks.layerwise  # noqa: F401  (registers layerwise_encoding before the entry point exists)
+import brainharness.tasks.layerwise  # noqa: F401  (registers layerwise_encoding before the entry point exists)
 from conftest import tiny_config
-from harness.backbone import Backbone, StimulusBatch
-from harness.data import Responses
-from harness.errors import ConfigError, HarnessError
-from harness.features import FeatureCache
-from harness.runner import Runner
-from leaderboard import build_tables, write_leaderboard
-from leaderboard.tables import BEST_LAYER_SECTION
-from tasks.layerwise import resolve_layers
+from brainharness.backbone import Backbone, StimulusBatch
+from brainharness.data import Responses
+from brainharness.errors import ConfigError, HarnessError
+from brainharness.features import FeatureCache
+from brainharness.runner import Runner
+from brainharness.leaderboard import build_tables, write_leaderboard
+from brainharness.leaderboard.tables import BEST_LAYER_SECTION
+from brainharness.tasks.layerwise import resolve_layers
 from test_features import stimuli
 
 EARLY = ("V1", "V2", "V3", "hV4")
@@ -200,7 +200,7 @@ def test_test_split_cannot_change_the_chosen_layers(lw_run, monkeypatch):
 
 
 def test_selection_reader_refuses_ids_outside_the_fit_split():
-    read = tasks.layerwise._only(lambda ids, layer=None: np.zeros((len(ids), 1)), np.array([1, 2, 3]))
+    read = brainharness.tasks.layerwise._only(lambda ids, layer=None: np.zeros((len(ids), 1)), np.array([1, 2, 3]))
     assert read(np.array([1, 3])).shape == (2, 1)
     with pytest.raises(HarnessError, match="outside the fit split"):
         read(np.array([3, 4]))
@@ -215,7 +215,7 @@ def test_layer_specs():
         resolve_layers(["mix.*"], readable)
     for bad in ({"layer_stride": 0}, {"layers": 3}, {"validation_fraction": 1.0}):
         with pytest.raises(ConfigError):
-            tasks.layerwise.LayerwiseEncodingTask(**bad)
+            brainharness.tasks.layerwise.LayerwiseEncodingTask(**bad)
 
 
 # -- leaderboard ------------------------------------------------------------------------------

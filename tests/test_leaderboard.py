@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from harness.results import ResultStore
-from leaderboard import build_tables, render_all_markdown, render_markdown, write_leaderboard
+from brainharness.results import ResultStore
+from brainharness.leaderboard import build_tables, render_all_markdown, render_markdown, write_leaderboard
 
 ROIS = ("V1", "V2", "V3", "hV4", "EBA", "FBA", "OFA", "FFA", "OPA", "PPA", "OWFA", "VWFA")
 
@@ -366,7 +366,7 @@ def test_decoding_record_gives_the_three_seed000_tables(tmp_path):
     assert s1.at["stage 1", "image→brain mean"] == pytest.approx(0.21)
     assert s1.at["stage 2", "brain→image delta"] == 0.3 and math.isnan(s1.at["stage 1", "brain→image delta"])
     assert s1.at["stage 2", "rank"] == 1 and s1.at["stage 1", "rank"] == 2  # by brain→image, per subject
-    from leaderboard.plots import _row_label  # the bar labels tell the stages apart
+    from brainharness.leaderboard.plots import _row_label  # the bar labels tell the stages apart
 
     labels = {_row_label(t1, i) for i in t1.index if t1.at[i, "subject"] == "subj01"}
     assert len(labels) == 2 and any("stage 1" in x for x in labels)

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from harness.errors import DataError
-from harness.metrics import (
+from brainharness.errors import DataError
+from brainharness.metrics import (
     encoding_scores,
     normalised_r2,
     paired_difference,

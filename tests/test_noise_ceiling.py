@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from harness.errors import DataError
-from harness.noise_ceiling import inverse_repeats, ncsnr, noise_ceiling, zscore_within_sessions
+from brainharness.errors import DataError
+from brainharness.metrics.noise_ceiling import inverse_repeats, ncsnr, noise_ceiling, zscore_within_sessions
 
 
 def _independent_nc(trials, stim, counts_scored):

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from harness.data import Dataset, Responses, Subject
-from harness.errors import ConfigError, DataError
-from harness.nsd import NSD, drop_columns
-from harness.runner import Runner
+from brainharness.data import Dataset, Responses, Subject
+from brainharness.errors import ConfigError, DataError
+from brainharness.datasets.nsd import NSD, drop_columns
+from brainharness.runner import Runner
 from nsd_layouts import (BETA, UNUSED_LABEL, build_nsd, coco_caption, independent_noise_ceiling, independent_zscored,
                          nsd_paths, write_session, write_volume)
 
@@ -250,7 +250,7 @@ def test_encoding_runs_end_to_end_with_a_positive_score(mini, tmp_path):
 
 
 def test_one_data_model_with_the_synthetic_dataset(loaded):
-    from harness.synthetic import SyntheticDataset
+    from brainharness.datasets.synthetic import SyntheticDataset
 
     synth = SyntheticDataset(n_train=20, n_test=10, n_voxels=20, image_size=16).load()
     for ds in (synth, loaded):

@@ -8,9 +8,9 @@ import pytest
 import yaml
 
 from conftest import tiny_config
-from harness.cli import main
-from harness.errors import ConfigError, PluginNotFound
-from harness.runner import Runner
+from brainharness.cli import main
+from brainharness.errors import ConfigError, PluginNotFound
+from brainharness.runner import Runner
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +100,7 @@ def test_cli_errors_are_one_line(tmp_path, case, needle):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(cfg))
     target = str(tmp_path / "nope.yaml") if case == "missing_file" else str(path)
-    proc = subprocess.run([sys.executable, "-m", "harness.cli", "run", target], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "brainharness.cli", "run", target], capture_output=True, text=True)
     assert proc.returncode == 2
     assert needle in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
@@ -117,7 +117,7 @@ def test_cli_run_then_leaderboard(tmp_path, capsys):
 
 
 def test_selftest_meets_its_thresholds(tmp_path):
-    from harness.selftest import run_selftest
+    from brainharness.cli.selftest import run_selftest
 
     result = run_selftest(tmp_path)
     assert result["passed"], json.dumps(result["checks"])

@@ -3,9 +3,9 @@ import sys
 
 import pytest
 
-from harness import registry
-from harness.errors import HarnessError, PluginNotFound
-from harness.registry import Registry
+from brainharness import registry
+from brainharness.errors import HarnessError, PluginNotFound
+from brainharness.registry import Registry
 
 
 def test_lazy_placeholder_imports_on_first_use():
@@ -38,7 +38,7 @@ def test_builtins_come_from_entry_points():
 
 
 def test_listing_imports_no_model_library():
-    code = ("import sys; from harness.cli import main\n"
+    code = ("import sys; from brainharness.cli import main\n"
             "for k in ('backbones','tasks','datasets','metrics'): main(['list', k])\n"
             "heavy = [m for m in ('torch','transformers','timm','open_clip') if m in sys.modules]\n"
             "print('HEAVY', heavy)")

@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from harness.errors import ConfigError
-from harness.results import ResultStore
+from brainharness.errors import ConfigError
+from brainharness.results import ResultStore
 
 KEY = {"dataset": "d", "subject": "s1", "backbone": "b", "weights": "none", "task": "encoding", "experiment": "e"}
 

@@ -1,13 +1,13 @@
-"""harness.ridge.RidgeCV against scikit-learn, himalaya and brute-force references (tiny data)."""
+"""brainharness.ridge.RidgeCV against scikit-learn, himalaya and brute-force references (tiny data)."""
 import warnings
 
 import numpy as np
 import pytest
 import torch
 
-from harness.errors import ConfigError, DataError
-from harness.ridge import Decomposition
-from harness.ridge import RidgeCV as _RidgeCV
+from brainharness.errors import ConfigError, DataError
+from brainharness.ridge import Decomposition
+from brainharness.ridge import RidgeCV as _RidgeCV
 
 ALPHAS = np.logspace(-1, 4, 11)
 F64 = torch.float64

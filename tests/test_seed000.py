@@ -18,13 +18,13 @@ pytest.importorskip("transformers")
 
 from conftest import tiny_config
 
-import tasks.decoding  # noqa: F401  (registers decoding)
-from backbones import blip2_synthetic as captioner  # registers blip2-synthetic
-from harness.config import load_config
-from harness.errors import ConfigError, DataError, PluginNotFound
-from harness.runner import Runner
-from tasks import captioning as cap
-from tasks.decoding import DecodingTask
+import brainharness.tasks.decoding  # noqa: F401  (registers decoding)
+from brainharness.backbones import blip2_synthetic as captioner  # registers blip2-synthetic
+from brainharness.config import load_config
+from brainharness.errors import ConfigError, DataError, PluginNotFound
+from brainharness.runner import Runner
+from brainharness.tasks import captioning as cap
+from brainharness.tasks.decoding import DecodingTask
 
 TINY = {"num_query_tokens": 4, "image_text_hidden_size": 32,
         "vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "image_size": 32,
@@ -107,10 +107,10 @@ def test_stage2_improves_text_retrieval_over_stage1():
     (copied, trainable text path) aligns brain and text, and stays close to the ridge targets."""
     import torch
 
-    from backbones.blip2 import Blip2
-    from harness.metrics import top1_retrieval
-    from harness.ridge import RidgeCV
-    from tasks.contrastive import (
+    from brainharness.backbones.blip2 import Blip2
+    from brainharness.metrics import top1_retrieval
+    from brainharness.ridge import RidgeCV
+    from brainharness.tasks.contrastive import (
         STAGE2_PARAMS,
         Paired,
         brain_outputs,
@@ -257,8 +257,8 @@ def test_ridge_penalty_makes_the_ridge_solution_the_mse_minimum():
     gradient steps pull the weights off the regularised solution toward an over-fitted one."""
     import torch
 
-    from harness.ridge import RidgeCV
-    from tasks.contrastive import STAGE2_PARAMS, eq1, stage2_model_class
+    from brainharness.ridge import RidgeCV
+    from brainharness.tasks.contrastive import STAGE2_PARAMS, eq1, stage2_model_class
 
     retr = captioner.SyntheticBlip2(variant="retrieval", **CAPTIONER)
     m = retr.model
@@ -285,7 +285,7 @@ def test_stage2_starts_as_the_zero_shot_stage1_reading(run):
     """Copied text path = the library's text embeddings; brain_projection starts as vision_projection."""
     import torch
 
-    from tasks.contrastive import STAGE2_PARAMS, stage2_model_class
+    from brainharness.tasks.contrastive import STAGE2_PARAMS, stage2_model_class
 
     retr = captioner.SyntheticBlip2(variant="retrieval", **CAPTIONER)
     m = retr.model
@@ -370,7 +370,7 @@ def test_seed000_config_resolves():
 def test_stage2_weights_are_swept_on_validation_only(tmp_path):
     """`brainharness sweep` over eq. 1's λ and lr: each trial is a validation record with its own
     λ; the best is scored once on test with the same parameters."""
-    from sweeps.study import run_sweep
+    from brainharness.sweeps.study import run_sweep
 
     cfg = config(tmp_path, captioning=False, roi_captions=False, n_candidates=40, max_epochs=2, patience=2)
     cfg["sweep"] = {"study": "s000", "n_trials": 2, "validation_fraction": 0.3, "objective": "stage2 brain→image",
@@ -423,7 +423,7 @@ def test_tied_projection_is_blip2s_own_head():
     itself: one module, optimised once, moved by both contrastive terms."""
     import torch
 
-    from tasks.contrastive import STAGE2_PARAMS, eq1, stage2_model_class
+    from brainharness.tasks.contrastive import STAGE2_PARAMS, eq1, stage2_model_class
 
     retr = captioner.SyntheticBlip2(variant="retrieval", **CAPTIONER)
     m = retr.model

@@ -3,9 +3,9 @@ import optuna
 import pytest
 
 from conftest import tiny_config
-from harness.errors import ConfigError
-from harness.runner import Runner
-from sweeps.study import Sweep, run_sweep
+from brainharness.errors import ConfigError
+from brainharness.runner import Runner
+from brainharness.sweeps.study import Sweep, run_sweep
 
 
 def sweep_config(tmp, n_trials):

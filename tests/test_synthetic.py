@@ -10,10 +10,10 @@ import h5py
 import numpy as np
 import pytest
 
-from harness import registry
-from harness.errors import ConfigError, DataError
-from harness.noise_ceiling import ncsnr, noise_ceiling
-from harness.synthetic import (CATEGORY_FEATURE_NAMES, PRESENCE_COLUMNS, ROI_NAMES, SyntheticDataset,
+from brainharness import registry
+from brainharness.errors import ConfigError, DataError
+from brainharness.metrics.noise_ceiling import ncsnr, noise_ceiling
+from brainharness.datasets.synthetic import (CATEGORY_FEATURE_NAMES, PRESENCE_COLUMNS, ROI_NAMES, SyntheticDataset,
                                low_level_features, zscore_columns)
 
 # Medium: enough stimuli for a regression on all 224 generating features; several sessions.

@@ -1,8 +1,8 @@
 """``brainharness data check PATH``: which NSD layout(s) a folder holds, what is missing or
 inconsistent, and the sizes — from file headers, without loading the data.
 
-Each loader module knows its own layout (``inspect(root)`` in :mod:`harness.nsd`,
-:mod:`harness.brain_diffuser`, :mod:`harness.algonauts`); a folder may hold several (e.g.
+Each loader module knows its own layout (``inspect(root)`` in :mod:`brainharness.datasets.nsd`,
+:mod:`brainharness.datasets.brain_diffuser`, :mod:`brainharness.datasets.algonauts`); a folder may hold several (e.g.
 brain-diffuser's ``data`` folder has both ``nsddata`` and ``processed_data``).
 """
 from __future__ import annotations

@@ -32,7 +32,7 @@ def selftest_config(workdir: Path, seed: int = 0) -> dict:
 
 
 def run_selftest(workdir: str | Path | None = None, progress: bool = False) -> dict:
-    from .runner import Runner
+    from brainharness.runner import Runner
 
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="brainharness-selftest-") as tmp:

@@ -4,7 +4,7 @@ Computes what the hub's ``evaluate-metric/meteor`` script computes with NLTK >= 
 ``nltk.translate.meteor_score.meteor_score([word_tokenize(r) for r in refs],
 word_tokenize(pred), alpha, beta, gamma)`` per prediction (``single_meteor_score`` when each
 prediction has one reference string), and ``{"meteor": mean}``. No downloads: WordNet and
-the English Punkt model come from the folder ``harness.caption_metrics.prepare_nltk_data``
+the English Punkt model come from the folder ``brainharness.metrics.captions.prepare_nltk_data``
 builds. ``return_scores=True`` adds ``"scores"`` (one per prediction).
 """
 import datasets
@@ -36,7 +36,7 @@ def _ensure_nltk_data():
     except LookupError:
         pass
     # Offline: the harness builds an NLTK data folder from the system WordNet.
-    from harness.caption_metrics import prepare_nltk_data
+    from brainharness.metrics.captions import prepare_nltk_data
 
     prepare_nltk_data()
 

@@ -34,12 +34,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import Dataset, Responses, Stimuli, Subject
-from .errors import ConfigError, DataError
+from brainharness.data import Dataset, Responses, Stimuli, Subject
+from brainharness.errors import ConfigError, DataError
 from .nsd import (Layout, check_params, choice, coco_captions, drop_columns, existing_dir, finish_rois,
                   finite_columns, gather, label_rois, load_npy, public_meta, short_hash, subject_list, subject_name,
                   union_stimuli)
-from .registry import register_dataset
+from brainharness.registry import register_dataset
 from .subject_cache import cached_subject, file_signature, resolve_cache_dir
 
 HEMIS = ("lh", "rh")

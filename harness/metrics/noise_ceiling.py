@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import DataError
+from brainharness.errors import DataError
 
 
 def zscore_within_sessions(trials: np.ndarray, sessions: np.ndarray) -> np.ndarray:

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import DataError
-from .registry import register_metric
+from brainharness.errors import DataError
+from brainharness.registry import register_metric
 
 
 def _check_pair(pred: np.ndarray, actual: np.ndarray) -> None:

@@ -29,11 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import Dataset, Responses, Stimuli, Subject
-from .errors import ConfigError, DataError
+from brainharness.data import Dataset, Responses, Stimuli, Subject
+from brainharness.errors import ConfigError, DataError
 from .nsd import (NSD, VOXEL_BLOCK, Layout, check_params, choice, drop_columns, existing_dir, finite_columns, gather,
                   load_npy, read_design, public_meta, short_hash, subject_list, subject_name, union_stimuli)
-from .registry import register_dataset
+from brainharness.registry import register_dataset
 from .subject_cache import cached_subject, file_signature, resolve_cache_dir
 
 KINDS = ("fmriavg_nsdgeneral", "stim", "cap")

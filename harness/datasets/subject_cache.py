@@ -1,6 +1,6 @@
 """The harness's own HDF5 format for a preprocessed subject, so later runs open in seconds.
 
-A real-data loader builds a :class:`~harness.data.Subject` once (reading 40 NSD sessions takes
+A real-data loader builds a :class:`~brainharness.data.Subject` once (reading 40 NSD sessions takes
 minutes) and saves it, with its metadata, to
 ``<cache_dir>/datasets/<layout>-<subject>-<key>.h5``. The key hashes the loader's parameters
 (including its version) and the path, size and modification time of every source file, so
@@ -32,8 +32,8 @@ from typing import Callable
 import h5py
 import numpy as np
 
-from .data import Responses, Subject
-from .errors import ConfigError
+from brainharness.data import Responses, Subject
+from brainharness.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ FORMAT_VERSION = 1
 
 
 def resolve_cache_dir(cache_dir) -> Path:
-    from .features import default_cache_dir
+    from brainharness.features import default_cache_dir
 
     if cache_dir is not None and not isinstance(cache_dir, (str, os.PathLike)):
         raise ConfigError(f"cache_dir must be a path, got {cache_dir!r}")

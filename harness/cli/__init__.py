@@ -13,14 +13,14 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-from . import registry
-from .errors import HarnessError
+from brainharness import registry
+from brainharness.errors import HarnessError
 
 
 def _demo_config() -> dict:
     import yaml
 
-    return yaml.safe_load(resources.files("harness.configs").joinpath("demo.yaml").read_text())
+    return yaml.safe_load(resources.files("brainharness.configs").joinpath("demo.yaml").read_text())
 
 
 def cmd_list(args) -> int:
@@ -36,7 +36,7 @@ def cmd_list(args) -> int:
 
 
 def _print_leaderboard(results_dir: Path, out_dir: Path | None) -> None:
-    from leaderboard.tables import render_all_markdown, write_leaderboard
+    from brainharness.leaderboard.tables import render_all_markdown, write_leaderboard
 
     print(render_all_markdown(results_dir))
     if out_dir is not None:
@@ -45,8 +45,8 @@ def _print_leaderboard(results_dir: Path, out_dir: Path | None) -> None:
 
 
 def cmd_run(args) -> int:
-    from .config import load_config
-    from .runner import Runner
+    from brainharness.config import load_config
+    from brainharness.runner import Runner
 
     cfg = load_config(args.config)
     if args.policy:
@@ -60,10 +60,10 @@ def cmd_run(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .config import load_config
-    from .runner import Runner
+    from brainharness.config import load_config
+    from brainharness.runner import Runner
 
-    from sweeps.study import Sweep
+    from brainharness.sweeps.study import Sweep
 
     cfg = load_config(_demo_config())  # relative paths resolve against the current folder
     runner = Runner(cfg, progress=not args.quiet)
@@ -76,7 +76,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from sweeps.study import run_sweep
+    from brainharness.sweeps.study import run_sweep
 
     source = _demo_config() if args.config == "demo" else args.config
     print(json.dumps(run_sweep(source, progress=not args.quiet), indent=2, default=str))
@@ -89,7 +89,7 @@ def cmd_leaderboard(args) -> int:
 
 
 def cmd_cache(args) -> int:
-    from .features import FeatureCache
+    from brainharness.features import FeatureCache
 
     cache = FeatureCache(args.cache_dir)
     if args.action == "ls":
@@ -115,7 +115,7 @@ def cmd_cache(args) -> int:
 
 
 def cmd_data(args) -> int:
-    from .datacheck import check_path, format_report
+    from brainharness.datasets.datacheck import check_path, format_report
 
     report = check_path(args.path)
     print(json.dumps(report, indent=2, default=str) if args.json else format_report(report))
@@ -200,5 +200,3 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-if __name__ == "__main__":
-    sys.exit(main())

