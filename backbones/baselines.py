@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from brainharness.backbone import Backbone, StimulusBatch
-from brainharness.errors import ConfigError, DataError
+from brainharness.errors import DataError
+from brainharness.params import Param
 from brainharness.registry import register_backbone
 
 
@@ -36,11 +37,12 @@ class Oracle(Backbone):
     layers_doc = "low, category, all, mix.0..mix.K"
     DERANGEMENT_SEED = 20240603  # fixed: the partner stimuli of the mix layers
 
-    def __init__(self, shuffle_seed: int | None = None, mix_layers: int = 5, **kw):
-        if not isinstance(mix_layers, int) or isinstance(mix_layers, bool) or mix_layers < 2:
-            raise ConfigError(f"oracle: mix_layers must be an integer ≥ 2, got {mix_layers!r}")
-        self.shuffle_seed, self.mix_layers = shuffle_seed, mix_layers
-        super().__init__(**kw)
+    params = {**Backbone.params,
+              "shuffle_seed": Param(None, int, ge=0, doc="permute which stimulus gets which features (chance control)"),
+              "mix_layers": Param(5, ge=2, doc="number K + 1 of mix.k layers")}
+
+    def configure(self, p):
+        self.shuffle_seed, self.mix_layers = p["shuffle_seed"], p["mix_layers"]
 
     def layers(self):
         return ["low", "category", "all"] + [f"mix.{k}" for k in range(self.mix_layers)]
@@ -85,11 +87,10 @@ class Pixels(Backbone):
     family = "baseline"
     layers_doc = "pixels"
 
-    def __init__(self, size: int = 16, **kw):
-        if not isinstance(size, int) or size < 1:
-            raise ConfigError(f"pixels: size must be a positive integer, got {size!r}")
-        self.size = size
-        super().__init__(**kw)
+    params = {**Backbone.params, "size": Param(16, ge=1, doc="side of the downsampled image (pixels)")}
+
+    def configure(self, p):
+        self.size = p["size"]
 
     def layers(self):
         return ["pixels"]
@@ -114,11 +115,13 @@ class RandomFeatures(Pixels):
 
     layers_doc = "projection"
 
-    def __init__(self, n_features: int = 512, seed: int = 0, size: int = 32, **kw):
-        if not isinstance(n_features, int) or n_features < 1:
-            raise ConfigError(f"random-features: n_features must be a positive integer, got {n_features!r}")
-        self.n_features, self.seed = n_features, seed
-        super().__init__(size=size, **kw)
+    params = {**Pixels.params, "n_features": Param(512, ge=1, doc="width of the random projection"),
+              "seed": Param(0, ge=0, doc="seed of the projection"),
+              "size": Param(32, ge=1, doc="side of the downsampled image (pixels)")}
+
+    def configure(self, p):
+        super().configure(p)
+        self.n_features, self.seed = p["n_features"], p["seed"]
 
     def layers(self):
         return ["projection"]

@@ -77,93 +77,29 @@ says how to provide them, without waiting on network time-outs.
 """
 from __future__ import annotations
 
-import difflib
-import itertools
 import json
 from pathlib import Path
 
 import numpy as np
 
-from brainharness.backbone import Backbone, StimulusBatch
+from brainharness.backbone import READOUTS, Backbone, StimulusBatch
+from brainharness.capabilities import (IMAGE_FEATURES, IMAGE_TEXT_RETRIEVAL, QUERY_CAPTIONER, QUERY_TOKENS,
+                                       TEXT_FEATURES, Offer)
 from brainharness.errors import ConfigError, DataError, WeightsUnavailable
 from brainharness.features import apply_readout
+from brainharness.params import Param
 from brainharness.registry import register_backbone
 from brainharness.weights import first_line as _first_line
 from brainharness.weights import jsonable as _jsonable
-from brainharness.weights import offline_reason as _offline_reason
-from brainharness.weights import parse_weights, unavailable
+from brainharness.weights import parse_weights
+
+from .blip2_hub import cached_commit, from_hub
+from .blip2_random_init import check_config, random_init_processor
 
 GENERATION_ID = "Salesforce/blip2-opt-2.7b"
 RETRIEVAL_ID = "Salesforce/blip2-itm-vit-g"
 VARIANTS = ("generation", "retrieval")
 _CLASSES = {"generation": "Blip2ForConditionalGeneration", "retrieval": "Blip2ForImageTextRetrieval"}
-# Pieces of the offline random-init tokenizer: WordPiece over single characters covers any
-# lower-case ASCII text ("red" → r ##e ##d) and decodes back to it.
-_CHARS = list("abcdefghijklmnopqrstuvwxyz0123456789")
-_PUNCT = list(".,;:!?'\"-()/&")
-# Whole words next (WordPiece prefers the longest match), then letter pairs, so the vocabulary
-# fills the model's and every id a random language model emits decodes to text.
-_WORDS = ("a an the of in on at with and or is are to from by for near next above below under over left right "
-          "top bottom middle centre center front back side beside behind there this that it its one two three "
-          "four five some many small large big little tall long round square circle triangle line dot shape "
-          "red green blue yellow orange purple pink white black gray grey brown dark light bright colour color "
-          "picture image photo drawing view scene background sky grass water wall floor table room street road "
-          "man woman person people child boy girl face head hand dog cat bird horse car bus train plane boat tree "
-          "house building window door flower food plate cup bed chair sitting standing walking holding looking "
-          "playing riding eating parked flying view of simple close up").split()
-
-
-
-
-
-
-
-
-def _hub_cache() -> str:
-    try:
-        from huggingface_hub import constants
-
-        return str(constants.HF_HUB_CACHE)
-    except ImportError:
-        return "(HF_HOME)"
-
-
-def build_tokenizer(vocab_size: int, fixed: dict[str, int], free: list[str], template: list[str],
-                    roles: dict[str, str], max_length: int):
-    """A WordPiece tokenizer built offline with the ``tokenizers`` library.
-
-    ``fixed`` puts special tokens at the ids the model config names (e.g. OPT's ``</s>`` = 2),
-    ``free`` special tokens take the first free ids, then single characters and their ``##``
-    continuations; ``template`` is the token sequence around each text (``$A``); ``roles`` are
-    the tokenizer's ``*_token`` arguments.
-    """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    if len(set(fixed.values())) != len(fixed):
-        raise ConfigError(f"blip2: special token ids collide: {fixed}")
-    base = [*free, *_CHARS, *_PUNCT, *("##" + c for c in _CHARS)]
-    slots = {i: name for name, i in fixed.items()}
-    need = max(len(slots) + len(base), max(slots, default=-1) + 1) + 1  # +1: the processor's "<image>"
-    if need > vocab_size:
-        raise ConfigError(f"blip2: random-init needs vocab_size >= {need} for its offline tokenizer, the config "
-                          f"has {vocab_size}")
-    letters = _CHARS[:26]
-    candidates = itertools.chain(
-        base, _WORDS, ("##" + a + b for a in letters for b in letters), (a + b for a in letters for b in letters),
-        ("".join(t) for n in itertools.count(3) for t in itertools.product(letters, repeat=n)))
-    seen = set(slots.values())
-    fill = (t for t in candidates if not (t in seen or seen.add(t)))
-    # every id below vocab_size - 1 decodes; Blip2Processor adds "<image>" as the last one
-    vocab = [slots[i] if i in slots else next(fill) for i in range(vocab_size - 1)]
-    ids = {w: i for i, w in enumerate(vocab)}
-    tok = Tokenizer(models.WordPiece(ids, unk_token=roles["unk_token"], max_input_chars_per_word=100))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece(prefix="##")
-    tok.post_processor = processors.TemplateProcessing(
-        single=" ".join(template), special_tokens=[(t, ids[t]) for t in dict.fromkeys(template) if t != "$A"])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=max_length, **roles)
 
 
 @register_backbone("blip2")
@@ -173,34 +109,31 @@ class Blip2(Backbone):
     family = "blip2"
     modalities = ("image", "text")
     layers_doc = "qformer (default), vision, language_projection (generation) | image_embeds (retrieval)"
+    provides = (IMAGE_FEATURES, QUERY_TOKENS,
+                Offer(QUERY_CAPTIONER, lambda p: Blip2.variant_for(p) == "generation", "variant: generation"),
+                Offer(TEXT_FEATURES, lambda p: Blip2.variant_for(p) == "retrieval", "variant: retrieval"),
+                Offer(IMAGE_TEXT_RETRIEVAL, lambda p: Blip2.variant_for(p) == "retrieval", "variant: retrieval"))
     default_weights = "pretrained"
     version = "1"
 
-    def __init__(self, model: str | None = None, weights: str | None = None, config=None,
-                 variant: str | None = None, readout: str = "flatten", init_seed: int = 0, **kw):
-        if model is not None and (not isinstance(model, str) or not model):
-            raise ConfigError(f"blip2: model must be a Hugging Face hub id, got {model!r}")
-        if variant is not None and variant not in VARIANTS:
-            raise ConfigError(f"blip2: variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
-        if not isinstance(init_seed, int) or isinstance(init_seed, bool):
-            raise ConfigError(f"blip2: init_seed must be an integer, got {init_seed!r}")
-        self.init_seed = init_seed
-        default_id = model or (RETRIEVAL_ID if variant == "retrieval" else GENERATION_ID)
-        self.spec = parse_weights(weights, default_id)
+    params = {**Backbone.params,
+              "readout": Param("flatten", choices=READOUTS, doc="how a layer's tokens become one feature vector"),
+              "model": Param(None, str, nonempty=True,
+                             doc=f"Hugging Face hub id (null: {GENERATION_ID}, or {RETRIEVAL_ID} for retrieval)"),
+              "variant": Param(None, str, choices=VARIANTS, doc="generation or retrieval (null: from the model)"),
+              "config": Param(None, dict, doc="Blip2Config fields (weights: random-init only)"),
+              "init_seed": Param(0, int, doc="seed of random-init weights")}
+
+    def configure(self, p):
+        model, weights, config = p["model"], p["weights"], p["config"]
+        self.init_seed = p["init_seed"]
+        self.spec, self.model_id, self.local_dir, self.variant = self._identify(model, weights, p["variant"])
         if self.spec.source == "pretrained" and model is not None and self.spec.id != model:
             raise ConfigError(f"blip2: model {model!r} and weights {weights!r} name different checkpoints; "
                               "give one of them")
         if config is not None and self.spec.source != "random-init":
             raise ConfigError("blip2: 'config' only goes with weights: random-init (a checkpoint carries its own)")
-        # the label of the model: the hub id, the local folder's name, or (random-init) model or "custom"
-        self.model_id = self.spec.id if self.spec.source == "pretrained" else (model or "custom")
-        self.local_dir = Path(self.spec.id) if self.spec.source == "local" else None
-        if self.local_dir is not None:
-            self.model_id = model or self.local_dir.name
-            variant = self._local_variant(variant)
-        self.variant = variant or ("retrieval" if "itm" in self.model_id.lower() else "generation")
-        self.config_dict = self._check_config(config) if self.spec.source == "random-init" else None
-        super().__init__(weights=weights or "pretrained", readout=readout, **kw)
+        self.config_dict = check_config(config) if self.spec.source == "random-init" else None
         self._model = None
         self._processor = None
         self._blip_config = None  # random-init: the resolved Blip2Config
@@ -218,10 +151,33 @@ class Blip2(Backbone):
     def default_layer(self) -> str:
         return "qformer"
 
-    def _local_variant(self, variant: str | None) -> str:
-        cfg_file = self.local_dir / "config.json"
-        if not self.local_dir.is_dir() or not cfg_file.is_file():
-            raise ConfigError(f"blip2: weights local:{self.local_dir} must be a folder written by save_pretrained "
+    @staticmethod
+    def _identify(model, weights, variant) -> tuple:
+        """``(weights spec, model label, local folder or None, variant)`` from the options, without
+        loading anything (a local folder's ``config.json`` names its variant)."""
+        if model is not None and (not isinstance(model, str) or not model):
+            raise ConfigError(f"blip2: model must be a Hugging Face hub id, got {model!r}")
+        if variant is not None and variant not in VARIANTS:
+            raise ConfigError(f"blip2: variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
+        spec = parse_weights(weights, model or (RETRIEVAL_ID if variant == "retrieval" else GENERATION_ID))
+        # the label of the model: the hub id, the local folder's name, or (random-init) model or "custom"
+        model_id = spec.id if spec.source == "pretrained" else (model or "custom")
+        local_dir = Path(spec.id) if spec.source == "local" else None
+        if local_dir is not None:
+            model_id = model or local_dir.name
+            variant = Blip2._local_variant(local_dir, variant)
+        return spec, model_id, local_dir, variant or ("retrieval" if "itm" in model_id.lower() else "generation")
+
+    @classmethod
+    def variant_for(cls, params: dict) -> str:
+        """The variant a backbone built from ``params`` has (what its declared capabilities depend on)."""
+        return cls._identify(params.get("model"), params.get("weights"), params.get("variant"))[3]
+
+    @staticmethod
+    def _local_variant(local_dir: Path, variant: str | None) -> str:
+        cfg_file = local_dir / "config.json"
+        if not local_dir.is_dir() or not cfg_file.is_file():
+            raise ConfigError(f"blip2: weights local:{local_dir} must be a folder written by save_pretrained "
                               "(config.json, weights and the processor files)")
         try:
             archs = json.loads(cfg_file.read_text()).get("architectures") or []
@@ -229,62 +185,18 @@ class Blip2(Backbone):
             raise ConfigError(f"blip2: cannot read {cfg_file}: {_first_line(e)}") from None
         found = [v for v, cls in _CLASSES.items() if cls in archs]
         if variant is not None and found and variant not in found:
-            raise ConfigError(f"blip2: {self.local_dir} holds a {archs[0]}, not the {variant} variant "
+            raise ConfigError(f"blip2: {local_dir} holds a {archs[0]}, not the {variant} variant "
                               f"({_CLASSES[variant]})")
         if variant is None and not found:
-            raise ConfigError(f"blip2: cannot tell the variant of {self.local_dir} (architectures: {archs}); "
+            raise ConfigError(f"blip2: cannot tell the variant of {local_dir} (architectures: {archs}); "
                               "set variant: generation or retrieval")
         return variant or found[0]
-
-    @staticmethod
-    def _check_config(config) -> dict:
-        from transformers import Blip2Config
-
-        if config is None:
-            config = {}
-        if isinstance(config, Blip2Config):
-            config = config.to_dict()
-        if not isinstance(config, dict):
-            raise ConfigError(f"blip2: config must be a mapping of Blip2Config fields, got {type(config).__name__}")
-        try:
-            resolved = Blip2Config.from_dict(dict(config))
-        except Exception as e:  # noqa: BLE001 - the library says what is wrong
-            raise ConfigError(f"blip2: bad config: {_first_line(e)}") from None
-        # transformers keeps unknown keys as attributes: a typo would silently mean the default
-        checks = [("config", config, Blip2Config)]
-        for key in ("vision_config", "qformer_config", "text_config"):
-            if isinstance(config.get(key), dict):
-                checks.append((f"config.{key}", config[key], type(getattr(resolved, key))))
-        for where, given, cls in checks:
-            known = set(cls().to_dict())
-            unknown = sorted(set(given) - known)
-            if unknown:
-                close = difflib.get_close_matches(unknown[0], known, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise ConfigError(f"blip2: {where}: unknown key(s) {', '.join(unknown)}{hint}")
-        return _jsonable(config)
 
     def weights_info(self) -> dict:
         info = {**self.spec.info(), "model": self.model_id, "variant": self.variant}
         if self.spec.source == "pretrained":
-            info["commit"] = self._cached_commit()
+            info["commit"] = cached_commit(self.spec.id, self.spec.revision)
         return info
-
-    def _cached_commit(self) -> str | None:
-        """The snapshot commit of the cached checkpoint (``None`` when not cached)."""
-        try:
-            from huggingface_hub import try_to_load_from_cache
-        except ImportError:
-            return None
-        for name in ("preprocessor_config.json", "config.json"):
-            try:
-                hit = try_to_load_from_cache(self.spec.id, name, revision=self.spec.revision)
-            except Exception:  # noqa: BLE001 - e.g. a malformed repo id
-                return None
-            if isinstance(hit, str) and "snapshots" in Path(hit).parts:
-                parts = Path(hit).parts
-                return parts[parts.index("snapshots") + 1]
-        return None
 
     def preprocess(self) -> dict:
         """The image processor's config (class, size, resample, mean/std, …): part of the cache key."""
@@ -317,21 +229,6 @@ class Blip2(Backbone):
         return (f"download it once where there is network ({_CLASSES[self.variant]}.from_pretrained("
                 f"'{self.spec.id}') and Blip2Processor.from_pretrained) into the Hugging Face cache (HF_HOME)")
 
-    def _from_hub(self, loader, **kw):
-        """``loader(id)`` from the cache; else from the hub when it is reachable; else one line."""
-        ident, rev = self.spec.id, self.spec.revision
-        try:
-            return loader(ident, revision=rev, local_files_only=True, **kw)
-        except Exception as cached_error:  # noqa: BLE001 - not in the cache (or unreadable there)
-            reason = _offline_reason()
-            if reason:
-                err = OSError(f"not in the Hugging Face cache {_hub_cache()} and {reason}")
-                raise unavailable(f"blip2 {ident}", self.spec, err, self._how()) from cached_error
-        try:
-            return loader(ident, revision=rev, **kw)
-        except Exception as e:  # noqa: BLE001
-            raise unavailable(f"blip2 {ident}", self.spec, e, self._how()) from e
-
     def blip_config(self):
         """The ``Blip2Config`` of ``random-init`` (with the offline tokenizer's image token id)."""
         if self._blip_config is None:
@@ -339,47 +236,8 @@ class Blip2(Backbone):
         return self._blip_config
 
     def _random_processor(self):
-        from transformers import Blip2Config, Blip2Processor, BlipImageProcessor
-
-        cfg = Blip2Config.from_dict(dict(self.config_dict))
-        if self.variant == "generation":  # OPT-like: "</s>" is BOS and EOS, prepended to every text
-            tc = cfg.text_config
-            if tc.is_encoder_decoder:
-                raise ConfigError("blip2: random-init builds a tokenizer for decoder-only language models only")
-            bos = "</s>" if tc.bos_token_id == tc.eos_token_id else "<s>"
-            fixed = {name: i for name, i in (("<pad>", tc.pad_token_id), (bos, tc.bos_token_id),
-                                             ("</s>", tc.eos_token_id)) if i is not None}
-            roles = {"unk_token": "<unk>", **{f"{r}_token": n for r, n in (("pad", "<pad>"), ("bos", bos),
-                                                                            ("eos", "</s>")) if n in fixed}}
-            template = [bos, "$A"] if bos in fixed else ["$A"]
-            tokenizer = build_tokenizer(tc.vocab_size, fixed, ["<unk>"], template, roles,
-                                        getattr(tc, "max_position_embeddings", 512))
-        else:  # BERT-like, as the Q-Former's text side: "[CLS] text [SEP]"
-            qc = cfg.qformer_config
-            if not qc.use_qformer_text_input:  # the text path needs the Q-Former's text feed-forwards
-                if (self.config_dict.get("qformer_config") or {}).get("use_qformer_text_input") is False:
-                    raise ConfigError("blip2: the retrieval variant needs qformer_config.use_qformer_text_input: "
-                                      "true")
-                qc.use_qformer_text_input = True
-            fixed = {"[PAD]": qc.pad_token_id} if qc.pad_token_id is not None else {}
-            roles = {"unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]", "mask_token": "[MASK]",
-                     **({"pad_token": "[PAD]"} if fixed else {})}
-            tokenizer = build_tokenizer(qc.vocab_size, fixed, ["[UNK]", "[CLS]", "[SEP]", "[MASK]"],
-                                        ["[CLS]", "$A", "[SEP]"], roles, qc.max_position_embeddings)
-        size = cfg.vision_config.image_size
-        h, w = (size, size) if isinstance(size, int) else tuple(size)
-        image_processor = BlipImageProcessor(size={"height": h, "width": w})  # the library's defaults otherwise
-        processor = Blip2Processor(image_processor, tokenizer, num_query_tokens=cfg.num_query_tokens)
-        # the processor prepends num_query_tokens image tokens to a text given with images; the
-        # model must know their id (generation: placeholders for the queries; retrieval: stripped)
-        image_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token.content)
-        if cfg.image_token_index is None:
-            cfg.image_token_index = image_id
-        elif cfg.image_token_index != image_id:
-            raise ConfigError(f"blip2: config image_token_index={cfg.image_token_index}, but the random-init "
-                              f"tokenizer's image token is {image_id}; leave image_token_index unset")
-        self._blip_config, self._processor = cfg, processor
-        return processor
+        self._blip_config, self._processor = random_init_processor(self.config_dict, self.variant)
+        return self._processor
 
     def _load_processor(self):
         from transformers import Blip2Processor
@@ -392,7 +250,7 @@ class Blip2(Backbone):
             except Exception as e:  # noqa: BLE001
                 raise ConfigError(f"blip2: cannot load the processor from {self.local_dir} ({_first_line(e)}); save "
                                   "it next to the model (Blip2.save_pretrained or processor.save_pretrained)") from e
-        return self._from_hub(Blip2Processor.from_pretrained)
+        return from_hub(Blip2Processor.from_pretrained, self.spec, self._how())
 
     @property
     def processor(self):
@@ -410,6 +268,31 @@ class Blip2(Backbone):
         """The loaded transformers model (loads the weights on first use)."""
         self.ensure_ready()
         return self._model
+
+    # -- the model parts the declared capabilities promise (brainharness.capabilities) --------
+    @property
+    def num_query_tokens(self) -> int:
+        return int(self.model.config.num_query_tokens)
+
+    @property
+    def language_projection(self):
+        return self.model.language_projection  # generation variant
+
+    @property
+    def vision_projection(self):
+        return self.model.vision_projection  # retrieval variant (and the three below)
+
+    @property
+    def text_projection(self):
+        return self.model.text_projection
+
+    @property
+    def embeddings(self):
+        return self.model.embeddings
+
+    @property
+    def qformer(self):
+        return self.model.qformer
 
     def setup(self) -> None:
         import torch
@@ -430,7 +313,7 @@ class Blip2(Backbone):
             except Exception as e:  # noqa: BLE001
                 raise ConfigError(f"blip2: cannot load {self.local_dir} as {cls.__name__}: {_first_line(e)}") from e
         else:
-            model = self._from_hub(cls.from_pretrained, dtype=torch.float32)
+            model = from_hub(cls.from_pretrained, self.spec, self._how(), dtype=torch.float32)
         self._model = model.eval().requires_grad_(False).to(self.torch_device())
 
     def save_pretrained(self, path: str | Path) -> Path:

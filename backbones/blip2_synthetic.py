@@ -50,7 +50,6 @@ are not comparable with the paper's numbers (see ``configs/seed000.yaml``).
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import fcntl
 import hashlib
@@ -65,8 +64,11 @@ import numpy as np
 
 from brainharness.backbones.blip2 import Blip2
 
+from brainharness.cache import cache_path
 from brainharness.errors import ConfigError
+from brainharness.params import Param
 from brainharness.registry import register_backbone
+from brainharness.threads import torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -151,14 +153,14 @@ def captioner_key(spec: dict) -> tuple[str, dict]:
 
 
 def default_root(cache_dir: str | os.PathLike | None = None) -> Path:
-    from brainharness.features import default_cache_dir
-
-    return Path(cache_dir or default_cache_dir()) / "captioners"
+    """``<cache root>/captioners`` (:func:`brainharness.cache.cache_path`)."""
+    return cache_path("captioners", cache_dir)
 
 
 def corpus_example(seed: int, index: int, image_size: int) -> tuple[np.ndarray, list[str]]:
     """Scene ``index`` of the corpus: its uint8 image and its captions."""
-    from brainharness.datasets.synthetic import make_captions, make_scene, render, scene_rng
+    from brainharness.datasets.synthetic_captions import make_captions
+    from brainharness.datasets.synthetic_scenes import make_scene, render, scene_rng
 
     scene = make_scene(scene_rng(seed, index, 0))
     return render(scene, image_size), make_captions(scene, scene_rng(seed, index, 1))
@@ -186,20 +188,6 @@ def ensure_captioner(spec: dict, cache_dir: str | os.PathLike | None = None) -> 
     return final
 
 
-@contextlib.contextmanager
-def torch_threads(n: int | None):
-    """Run with ``n`` torch CPU threads (``None``: leave as is), restored afterwards."""
-    import torch
-
-    before = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(int(n))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 class _Trainer:
     """Two phases over one global step counter (so a checkpoint resumes either):
     ``vision_steps`` of image-encoder pre-training, then ``steps`` of Q-Former training."""
@@ -215,7 +203,7 @@ class _Trainer:
     def _build(self):
         import torch
 
-        from brainharness.datasets.synthetic import N_CAT
+        from brainharness.datasets.synthetic_responses import N_CAT
 
         seed, t = self.t["seed"], self.t
         ret = Blip2(weights="random-init", config=self.spec["config"], variant="retrieval", init_seed=seed,
@@ -246,13 +234,15 @@ class _Trainer:
                 "sched": schedule(opt, t["lr"], t["steps"])}
 
     def _scene(self, i: int):
-        from brainharness.datasets.synthetic import make_scene, scene_rng
+        from brainharness.datasets.synthetic_scenes import make_scene, scene_rng
 
         return make_scene(scene_rng(self.spec["corpus"]["seed"], i, 0))
 
     def _scenes(self, first: int):
         """Images, captions and category features of corpus scenes first … first + B − 1."""
-        from brainharness.datasets.synthetic import category_features, make_captions, render, scene_rng
+        from brainharness.datasets.synthetic_captions import make_captions
+        from brainharness.datasets.synthetic_responses import category_features
+        from brainharness.datasets.synthetic_scenes import render, scene_rng
 
         crp = self.spec["corpus"]
         images, captions, content = [], [], []
@@ -429,7 +419,7 @@ class SyntheticBlip2(Blip2):
 
     Options: ``variant`` (``generation``, default, or ``retrieval``: the two checkpoints of one
     training), ``config`` / ``corpus`` / ``train`` (override :data:`DEFAULT_CONFIG`,
-    :data:`DEFAULT_CORPUS`, :data:`DEFAULT_TRAIN`), ``cache_dir`` (default: the harness cache),
+    :data:`DEFAULT_CORPUS`, :data:`DEFAULT_TRAIN`), ``cache_dir`` (the cache root; the runner sets the config's),
     and the ``blip2`` options ``layer``, ``readout``, ``batch_size``, ``device``, ``half``.
     Constructing it trains the captioner when it is not cached yet.
     """
@@ -437,19 +427,27 @@ class SyntheticBlip2(Blip2):
     default_weights = "trained here on synthetic scenes (backbones.blip2_synthetic)"
     version = "1"
 
-    def __init__(self, variant: str = "generation", config: dict | None = None, corpus: dict | None = None,
-                 train: dict | None = None, cache_dir: str | None = None, **kw):
-        if variant not in VARIANT_DIRS:
-            raise ConfigError(f"blip2-synthetic: variant must be one of {', '.join(VARIANT_DIRS)}, got {variant!r}")
+    params = {**{k: v for k, v in Blip2.params.items() if k not in ("weights", "model", "variant", "config")},
+              "variant": Param("generation", choices=VARIANT_DIRS,
+                               doc="generation or retrieval: the two checkpoints of one training"),
+              "config": Param(None, dict, doc="overrides of DEFAULT_CONFIG (the BLIP-2 model trained here)"),
+              "corpus": Param(None, dict, doc="overrides of DEFAULT_CORPUS (the synthetic training scenes)"),
+              "train": Param(None, dict, doc="overrides of DEFAULT_TRAIN (steps, batch size, ...)")}
+
+    def __init__(self, **params):
         for k in ("weights", "model"):
-            if k in kw:
-                raise ConfigError(f"blip2-synthetic: {k!r} is not an option (the weights are trained here); use "
+            if k in params:
+                raise ConfigError(f"{self.owner()}: {k!r} is not an option (the weights are trained here); use "
                                   "the blip2 backbone with weights: local:<dir> for a saved checkpoint")
-        self.captioner_spec = resolve(config, corpus, train)
-        self.captioner_dir = ensure_captioner(self.captioner_spec, cache_dir)
+        super().__init__(**params)
+
+    def configure(self, p):
+        self.captioner_spec = resolve(p["config"], p["corpus"], p["train"])
+        self.captioner_dir = ensure_captioner(self.captioner_spec, p["cache_dir"])
         self.captioner_meta = json.loads((self.captioner_dir / "captioner.json").read_text())
-        super().__init__(weights=f"local:{self.captioner_dir / variant}", variant=variant,
-                         model=f"blip2-synthetic-{self.captioner_dir.name[:8]}", **kw)
+        self.weights = f"local:{self.captioner_dir / p['variant']}"
+        super().configure({**p, "weights": self.weights, "config": None,
+                           "model": f"blip2-synthetic-{self.captioner_dir.name[:8]}"})
 
     @classmethod
     def describe(cls) -> dict:

@@ -55,8 +55,10 @@ from pathlib import Path
 import numpy as np
 
 from brainharness.backbone import Backbone, StimulusBatch
+from brainharness.capabilities import IMAGE_FEATURES, TEXT_FEATURES
 from brainharness.errors import ConfigError, DataError, HarnessError
 from brainharness.features import apply_readout
+from brainharness.params import Param
 from brainharness.registry import register_backbone
 from brainharness.weights import first_line as _first_line
 from brainharness.weights import jsonable as _jsonable
@@ -97,20 +99,21 @@ class Clip(Backbone):
     family = "clip"
     modalities = ("image", "text")
     layers_doc = "embedding, blocks.0..N-1 (ViT towers)"
+    provides = (IMAGE_FEATURES, TEXT_FEATURES)  # open_clip CLIP models always have a text tower
     default_weights = "pretrained"  # the model's default tag: openai for ViT-B-32
     version = "1"
 
-    def __init__(self, model: str | None = None, weights: str | None = None, model_config: dict | None = None,
-                 quick_gelu: bool | None = None, init_seed: int = 0, **kw):
+    params = {**Backbone.params,
+              "model": Param(None, str, nonempty=True, doc=f"open_clip model name (null: {DEFAULT_MODEL})"),
+              "model_config": Param(None, dict, doc="a custom open_clip model config: embed_dim, vision_cfg, text_cfg"),
+              "quick_gelu": Param(None, bool, doc="QuickGELU activations (null: as the tag or config says)"),
+              "init_seed": Param(0, int, doc="seed of random-init weights")}
+
+    def configure(self, p):
         import open_clip
 
-        if model is not None and (not isinstance(model, str) or not model):
-            raise ConfigError(f"clip: model must be an open_clip model name, got {model!r}")
-        if quick_gelu is not None and not isinstance(quick_gelu, bool):
-            raise ConfigError(f"clip: quick_gelu must be true, false or unset, got {quick_gelu!r}")
-        if not isinstance(init_seed, int) or isinstance(init_seed, bool):
-            raise ConfigError(f"clip: init_seed must be an integer, got {init_seed!r}")
-        self.init_seed = init_seed
+        model, weights, model_config, quick_gelu = p["model"], p["weights"], p["model_config"], p["quick_gelu"]
+        self.init_seed = p["init_seed"]
         self.local_dir: Path | None = None
 
         # 1. the architecture: a custom config, a built-in name, or a local-dir checkpoint
@@ -161,7 +164,6 @@ class Clip(Backbone):
                            bool(self.tag_cfg.get("quick_gelu", False)) if self.tag_cfg else
                            bool(self.arch.get("quick_gelu", False)))
         self.preprocess_cfg = self._expected_preprocess()
-        super().__init__(weights=weights or "pretrained", **kw)
         self._model = self._transform = self._tokenizer = None
 
     # -- metadata ---------------------------------------------------------------------

@@ -63,8 +63,10 @@ from urllib.parse import urlparse
 import numpy as np
 
 from brainharness.backbone import Backbone, StimulusBatch
+from brainharness.capabilities import FINE_TUNABLE, IMAGE_FEATURES
 from brainharness.errors import ConfigError, DataError, HarnessError
 from brainharness.features import apply_readout
+from brainharness.params import Param
 from brainharness.registry import register_backbone
 from brainharness.weights import first_line as _first_line
 from brainharness.weights import jsonable as _jsonable
@@ -133,22 +135,24 @@ class Eva(Backbone):
     family = "eva"
     modalities = ("image",)
     layers_doc = "pooled (default), blocks.0..N-1 (eva02_base: N = 12)"
+    provides = (IMAGE_FEATURES, FINE_TUNABLE)
     default_weights = "pretrained"  # the model name's timm tag: mim_in22k for the default model
     version = "1"
 
-    def __init__(self, model: str | None = None, weights: str | None = None, model_kwargs: dict | None = None,
-                 preprocess: str = "tensor", init_seed: int = 0, **kw):
+    params = {**Backbone.params,
+              "model": Param(None, str, nonempty=True, doc=f"timm EVA model name[.tag] (null: {DEFAULT_MODEL})"),
+              "model_kwargs": Param(None, dict, doc="timm.create_model arguments (e.g. img_size, depth)"),
+              "preprocess": Param("tensor", choices=PREPROCESS_MODES,
+                                  doc="timm's eval transform batched on tensors, or per image through PIL"),
+              "init_seed": Param(0, int, doc="seed of random-init weights")}
+
+    def configure(self, p):
         import timm
         from timm.models import get_arch_pretrained_cfgs, get_pretrained_cfg, split_model_name_tag
 
-        if model is not None and (not isinstance(model, str) or not model):
-            raise ConfigError(f"eva: model must be a timm EVA model name, got {model!r}")
-        if preprocess not in PREPROCESS_MODES:
-            raise ConfigError(f"eva: preprocess must be one of {', '.join(PREPROCESS_MODES)}, got {preprocess!r}")
-        if not isinstance(init_seed, int) or isinstance(init_seed, bool):
-            raise ConfigError(f"eva: init_seed must be an integer, got {init_seed!r}")
-        self.preprocess_mode, self.init_seed = preprocess, init_seed
-        self.model_kwargs = self._check_kwargs(model_kwargs)
+        model, weights, preprocess = p["model"], p["weights"], p["preprocess"]
+        self.preprocess_mode, self.init_seed = preprocess, p["init_seed"]
+        self.model_kwargs = self._check_kwargs(p["model_kwargs"])
 
         # 1. the architecture and the tag that gives its preprocessing (and pretrained weights)
         self.model = model or DEFAULT_MODEL
@@ -193,8 +197,8 @@ class Eva(Backbone):
         self._transform = timm.data.create_transform(**self.data_config, is_training=False)
         if preprocess == "tensor":
             self._check_tensor_transform()
-        super().__init__(weights=weights or "pretrained", **kw)
-        if self.readout in ("cls", "pooled") and not self.has_cls and self.layer != "pooled":
+        layer = p["layer"] or self.default_layer()
+        if self.readout in ("cls", "pooled") and not self.has_cls and layer != "pooled" and layer in self.layers():
             raise ConfigError(f"eva: {self.name} has no class token; use readout mean, flatten or grid")
         self._model = None
 

@@ -18,7 +18,8 @@ _API = {
     "pearson_r": "metrics", "normalised_r2": "metrics", "encoding_scores": "metrics", "top1_retrieval": "metrics",
     "run_config": "runner", "Runner": "runner", "load_config": "config", "ResultStore": "results",
     "Backbone": "backbone", "Task": "task", "TaskOutput": "task", "TaskContext": "task",
-    "Dataset": "data", "Subject": "data", "Responses": "data", "Stimuli": "data",
+    "Dataset": "data", "Subject": "data", "Responses": "data", "Stimuli": "data", "DatasetLoader": "data",
+    "Param": "params",
     "register_backbone": "registry", "register_task": "registry", "register_dataset": "registry",
     "register_metric": "registry", "HarnessError": "errors",
 }

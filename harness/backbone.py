@@ -16,8 +16,11 @@ from typing import ClassVar
 
 import numpy as np
 
+from .cache import cache_root
+from .capabilities import IMAGE_FEATURES, describe_provides, provided
 from .data import Stimuli
 from .errors import ConfigError
+from .params import PATH, Configurable, Param
 
 READOUTS = ("pooled", "cls", "mean", "flatten", "grid")
 
@@ -38,8 +41,15 @@ class StimulusBatch:
         return [self.stimuli.captions.get(int(i), []) for i in self.ids]
 
 
-class Backbone:
-    """Subclass, set the metadata, implement :meth:`encode` (and :meth:`setup` if heavy)."""
+class Backbone(Configurable):
+    """Subclass, set the metadata, implement :meth:`encode` (and :meth:`setup` if heavy).
+
+    Options are declared in ``params`` (``{**Backbone.params, "size": Param(16, ge=1, doc=...)}``)
+    and arrive resolved in :meth:`configure` and ``self.p``; a plugin overrides :meth:`configure`,
+    not ``__init__``.
+    """
+
+    kind: ClassVar[str] = "backbone"
 
     family: ClassVar[str] = "custom"
     modalities: ClassVar[tuple[str, ...]] = ("image",)
@@ -47,33 +57,53 @@ class Backbone:
     default_weights: ClassVar[str] = "none"
     version: ClassVar[str] = "1"  # bump when the plugin's numbers change: part of the cache key
     registry_name: ClassVar[str] = ""
+    # What instances provide (brainharness.capabilities): capabilities, or Offer(cap, when=..., condition=...)
+    # for those that depend on the parameters. Checked against the tasks' needs before anything is built.
+    provides: ClassVar[tuple] = (IMAGE_FEATURES,)
 
-    def __init__(self, weights: str | None = None, layer: str | None = None, readout: str = "pooled",
-                 batch_size: int = 64, device: str = "auto", half: bool = True, **options):
-        if options:
-            raise ConfigError(f"backbone {self.registry_name or type(self).__name__}: unknown option(s) "
-                              f"{', '.join(sorted(options))}")
-        if readout not in READOUTS:
-            raise ConfigError(f"readout must be one of {', '.join(READOUTS)}, got {readout!r}")
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
-        self.weights = weights or self.default_weights
-        self.readout = readout
-        self.batch_size = batch_size
-        self.device = device
-        self.half = bool(half)
-        self.layer = layer or self.default_layer()
+    params: ClassVar[dict[str, Param]] = {
+        "weights": Param(None, str, doc="pretrained[:<id>[@<revision>]], local:<path> or random-init "
+                                        "(null: the plugin's default)"),
+        "layer": Param(None, str, doc="layer read out (null: the plugin's default)"),
+        "readout": Param("pooled", choices=READOUTS, doc="how a layer's tokens become one feature vector"),
+        "batch_size": Param(64, ge=1, doc="stimuli per forward pass"),
+        "device": Param("auto", str, doc="auto, cpu, cuda or cuda:N"),
+        "half": Param(True, doc="fp16 autocast on CUDA (part of the feature cache key)"),
+        "cache_dir": Param(None, PATH, doc="cache root for what the backbone caches itself (the runner sets it)"),
+    }
+
+    def __init__(self, **params):
+        p = self.p = self.resolve(params)  # every key declared, typed and checked (brainharness.params)
+        self.weights = p.get("weights") or self.default_weights
+        self.readout = p["readout"]
+        self.batch_size = p["batch_size"]
+        self.device = p["device"]
+        self.half = p["half"]
+        self.cache_dir = cache_root(p["cache_dir"])  # for what a backbone caches itself (the runner sets it)
+        self.configure(p)
+        self.layer = p["layer"] or self.default_layer()
         if self.layer not in self.layers():
             raise ConfigError(f"backbone {self.registry_name}: unknown layer {self.layer!r} "
                               f"(readable: {', '.join(self.layers())})")
         self._ready = False
+
+    def configure(self, p: dict) -> None:
+        """Take the plugin's own options from the resolved parameters ``p`` and set up what
+        :meth:`layers` needs (nothing heavy: weights load in :meth:`setup`). Called once, after the
+        common options are set and before the layer is checked."""
 
     # -- metadata ---------------------------------------------------------------------
     @classmethod
     def describe(cls) -> dict:
         """Listing metadata; must not import heavy libraries."""
         return {"family": cls.family, "modalities": ",".join(cls.modalities), "layers": cls.layers_doc,
-                "weights": cls.default_weights}
+                "weights": cls.default_weights, "provides": describe_provides(cls.provides)}
+
+    @classmethod
+    def provides_for(cls, params: dict) -> frozenset:
+        """The capabilities a backbone built from ``params`` (its config spec) has; class-level, so
+        a config is checked without building anything."""
+        return provided(cls.provides, params)
 
     def layers(self) -> list[str]:
         raise NotImplementedError
@@ -134,6 +164,3 @@ class Backbone:
         extracts several layers through it in a single pass over the stimuli.
         """
         return {layer: self.encode(batch, layer) for layer in dict.fromkeys(layers)}
-
-    def encode_text(self, texts: list[str]) -> np.ndarray:
-        raise ConfigError(f"backbone {self.registry_name} has no text modality")

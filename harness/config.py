@@ -6,7 +6,7 @@ Schema (every key but ``dataset``, ``backbones`` and ``tasks`` has a default)::
     seed: 0
     device: auto                      # auto | cpu | cuda | cuda:N
     results_dir: results              # relative paths resolve against the config file
-    cache_dir: null                   # default $BRAINHARNESS_CACHE or ~/.cache/brainharness
+    cache_dir: null                   # null/empty: $BRAINHARNESS_CACHE, else ~/.cache/brainharness (brainharness.cache)
     policy: skip-existing             # skip-existing | overwrite | only-missing
     dataset: {name: synthetic, ...}   # plugin name + its parameters
     subjects: null                    # null = all subjects of the dataset
@@ -102,7 +102,11 @@ def resolve(raw: dict, base: Path | None = None) -> dict:
     cfg["dataset"] = dict(dataset)
     cfg["backbones"] = _plugin_list(raw, "backbones")
     cfg["tasks"] = _plugin_list(raw, "tasks")
+    if isinstance(cfg["cache_dir"], str) and not cfg["cache_dir"].strip():
+        cfg["cache_dir"] = None  # empty = unset (the resolver's default), never the config's own folder
     for field in ("results_dir", "cache_dir"):
+        if cfg[field] is not None and not isinstance(cfg[field], (str, Path)):
+            raise ConfigError(f"{field} must be a path, got {cfg[field]!r}")
         if cfg[field] is not None:
             cfg[field] = str((base / Path(cfg[field]).expanduser()).resolve())
     wandb = dict(cfg["tracking"].get("wandb") or {})

@@ -13,6 +13,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 from .errors import DataError
+from .params import Configurable
 
 ImageReader = Callable[[np.ndarray], np.ndarray]
 """Reads the images at the given row positions → uint8 array (N, H, W, 3)."""
@@ -139,3 +140,20 @@ class Dataset:
         if name not in self.subjects:
             raise DataError(f"dataset {self.name} has no subject {name!r} (has: {', '.join(self.subjects)})")
         return self.subjects[name]
+
+
+class DatasetLoader(Configurable):
+    """Base of dataset plugins: declare ``params`` (:class:`brainharness.params.Param` each), take
+    them in :meth:`configure` (cheap: nothing is read there), read the data in :meth:`load`."""
+
+    kind = "dataset"
+
+    def __init__(self, **params):
+        self.p = self.resolve(params)  # every key declared, typed and checked (brainharness.params)
+        self.configure(self.p)
+
+    def configure(self, p: dict) -> None:
+        """Take the resolved parameters ``p``; raise ConfigError/DataError on what they name."""
+
+    def load(self) -> Dataset:
+        raise NotImplementedError

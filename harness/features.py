@@ -26,12 +26,9 @@ import h5py
 import numpy as np
 
 from .backbone import Backbone, StimulusBatch
+from .cache import cache_path
 from .data import Stimuli
 from .errors import DataError, HarnessError
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("BRAINHARNESS_CACHE", Path.home() / ".cache" / "brainharness"))
 
 
 def cache_key(parts: dict) -> str:
@@ -56,7 +53,8 @@ def _locked(path: Path):
 
 class FeatureCache:
     def __init__(self, root: str | Path | None = None):
-        self.root = Path(root or default_cache_dir()) / "features"
+        """``root``: the cache root (:func:`brainharness.cache.cache_root`); files go in its ``features`` folder."""
+        self.root = cache_path("features", root)
 
     def key_parts(self, backbone: Backbone, stimuli: Stimuli, ids: np.ndarray, layer: str) -> dict | None:
         identity = backbone.identity()

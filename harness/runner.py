@@ -16,7 +16,9 @@ from .backbone import Backbone
 from .config import load_config
 from .data import Dataset
 from .errors import ConfigError, HarnessError
-from .features import FeatureCache, default_cache_dir
+from .cache import cache_root
+from .capabilities import check_config
+from .features import FeatureCache
 from .provenance import environment
 from .results import ResultStore
 from .task import Task, TaskContext, selection_split, validation_noise_ceiling
@@ -43,31 +45,35 @@ class Runner:
     def __init__(self, config: dict | str | Path, progress: bool = True):
         self.cfg = load_config(config)  # idempotent on an already resolved config
         self.progress = progress
-        self.store = ResultStore(self.cfg["results_dir"])
-        self.cache_dir = Path(self.cfg["cache_dir"] or default_cache_dir())
-        self.cache = FeatureCache(self.cache_dir)
-        self._dataset: Dataset | None = None
-        self._backbones: dict[str, Backbone] = {}
         for kind, specs in (("backbone", self.cfg["backbones"]), ("task", self.cfg["tasks"])):
             labels = [_label(s) for s in specs]
             dup = {x for x in labels if labels.count(x) > 1}
             if dup:
                 raise ConfigError(f"two {kind}s share the label {sorted(dup)[0]!r}: give each a distinct 'label'")
-        # Instantiate plugins now so bad names and parameters fail before any work is done.
-        for spec in self.cfg["tasks"]:
-            self.task(spec)
+        # Validate before any work: task parameters, then every (dataset, backbone, task) against
+        # the declared capabilities (plugin classes only: no data, model or folder yet).
+        check_config(self.cfg, [(spec, self.task(spec)) for spec in self.cfg["tasks"]])
+        self.store = ResultStore(self.cfg["results_dir"])
+        self.cache_dir = cache_root(self.cfg["cache_dir"])  # every cache of the run lives under it
+        self.cache = FeatureCache(self.cache_dir)
+        self._dataset: Dataset | None = None
+        self._loader = self._dataset_loader()  # its parameters are checked now; data is read on first use
+        self._backbones: dict[str, Backbone] = {}
         for spec in self.cfg["backbones"]:
             self.backbone(spec)
 
     # -- plugins ----------------------------------------------------------------------
+    def _dataset_loader(self):
+        spec = dict(self.cfg["dataset"])
+        cls = registry.datasets.get(spec.pop("name"))
+        if "cache_dir" in getattr(cls, "params", {"cache_dir": None}) and "cache_dir" not in spec:
+            spec["cache_dir"] = str(self.cache_dir)
+        return cls(**spec)
+
     @property
     def dataset(self) -> Dataset:
         if self._dataset is None:
-            spec = dict(self.cfg["dataset"])
-            cls = registry.datasets.get(spec.pop("name"))
-            if "cache_dir" in getattr(cls, "accepts", ("cache_dir",)) and "cache_dir" not in spec:
-                spec["cache_dir"] = str(self.cache_dir)
-            self._dataset = cls(**spec).load()
+            self._dataset = self._loader.load()
         return self._dataset
 
     def backbone(self, spec: dict) -> Backbone:
@@ -75,6 +81,7 @@ class Runner:
         if label not in self._backbones:
             params = {k: v for k, v in spec.items() if k not in ("name", "label")}
             params.setdefault("device", self.cfg["device"])
+            params.setdefault("cache_dir", str(self.cache_dir))
             self._backbones[label] = registry.backbones.get(spec["name"])(**params)
         return self._backbones[label]
 
@@ -139,7 +146,7 @@ class Runner:
         features = _FeatureView(self.cache, backbone, self.dataset.stimuli, universe, self.progress)
         ctx = TaskContext(subject_name, self.dataset.stimuli, fit, score, subject.rois, nc, nc_source,
                           evaluated_on, features, backbone, seed, self.cfg["device"], self.progress,
-                          memo if memo is not None else {})
+                          memo if memo is not None else {}, self.cache_dir)
         base = {
             "key": key, "evaluated_on": evaluated_on,
             "backbone": {**backbone.describe_instance(), "spec": bspec},

@@ -8,15 +8,28 @@ by construction.
 """
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
+from .capabilities import IMAGE_FEATURES, Need, describe_needs, needs_of
 from .data import Responses, Stimuli
 from .errors import ConfigError, DataError
+from .layout import DEFAULT_LAYOUT, Layout
 from .metrics.noise_ceiling import ncsnr, noise_ceiling
+from .params import Configurable, Param
+
+
+class FeatureView(Protocol):
+    """``ctx.features``: the unit backbone's features of the stimuli the task may see."""
+
+    def __call__(self, ids, layer: str | None = None) -> np.ndarray:
+        """Features of ``ids`` (rows in that order) at ``layer`` (default: the backbone's) → (n, ...)."""
+
+    def prefetch(self, layers) -> None:
+        """Extract (or read from the cache) every layer of ``layers`` in one backbone pass."""
 
 
 @dataclass
@@ -29,12 +42,13 @@ class TaskContext:
     noise_ceiling: np.ndarray | None  # % for the score rows' repeat counts
     nc_source: str
     evaluated_on: str  # "test" or "validation"
-    features: Callable[..., np.ndarray]  # features(ids, layer=None) → (n, ...)
+    features: FeatureView
     backbone: Any
     seed: int = 0
     device: str = "auto"
     progress: bool = False
     memo: dict = field(default_factory=dict)  # per-run reuse (e.g. ridge decompositions)
+    cache_dir: Path | None = None  # the cache root (brainharness.cache.cache_root; None = its default)
 
 
 @dataclass
@@ -46,33 +60,42 @@ class TaskOutput:
     extras: dict = field(default_factory=dict)
 
 
-class Task:
-    """Subclass, declare the class metadata, implement :meth:`run`."""
+NC_THRESHOLD = Param(10.0, ge=0, lt=100, doc="noise ceiling (%) below which a voxel is left out of nc_r2")
+REPORT_ROIS = Param(None, list, items=Param(type=str), doc="ROIs reported (null: all of the subject's)")
+
+
+def validation_fraction(default: float) -> Param:
+    """The share of the training images a task carves out for its own model selection."""
+    return Param(default, gt=0, lt=1, doc="share of the training images held out for selection")
+
+
+class Task(Configurable):
+    """Subclass, declare the class metadata (``params``: :class:`brainharness.params.Param` per
+    hyper-parameter), implement :meth:`run`; rules across parameters go in :meth:`check`."""
+
+    kind: ClassVar[str] = "task"
 
     direction: ClassVar[str] = ""  # e.g. "image→brain"
-    needs: ClassVar[tuple[str, ...]] = ("image",)  # backbone modalities used
+    # What the task needs (brainharness.capabilities): a capability — from the unit's backbone or the
+    # dataset —, or Need(cap, role=<backbone-spec parameter>, when=..., condition=...). The runner
+    # checks it against every backbone and the dataset of a config before anything is built.
+    needs: ClassVar[tuple] = (IMAGE_FEATURES,)
     main_score: ClassVar[str] = ""
-    params: ClassVar[dict[str, Any]] = {}  # name → default
+    params: ClassVar[dict[str, Param]] = {}  # name → Param(default, type, range, doc)
     search_space: ClassVar[dict[str, dict]] = {}  # default sweep ranges (Optuna specs)
+    layout: ClassVar[Layout] = DEFAULT_LAYOUT  # its leaderboard tables (brainharness.layout)
     registry_name: ClassVar[str] = ""
 
     def __init__(self, **params):
-        unknown = set(params) - set(self.params)
-        if unknown:
-            name = sorted(unknown)[0]
-            close = difflib.get_close_matches(name, list(self.params), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"task {self.registry_name}: unknown parameter {name!r}{hint}")
-        self.p = {**self.params, **params}
-        self.validate()
+        self.p = self.resolve(params)  # every key declared, typed and checked (brainharness.params)
 
-    def validate(self) -> None:
-        """Raise ConfigError on bad parameter values."""
+    def requirements(self) -> list[Need]:
+        """The needs that hold for this task's (validated) parameters."""
+        return [n for n in needs_of(self.needs) if n.holds(self.p)]
 
     @classmethod
     def describe(cls) -> dict:
-        return {"direction": cls.direction, "needs": ",".join(cls.needs), "main_score": cls.main_score,
-                "params": ", ".join(f"{k}={v}" for k, v in cls.params.items())}
+        return {"direction": cls.direction, "needs": describe_needs(cls.needs), "main_score": cls.main_score}
 
     def run(self, ctx: TaskContext) -> TaskOutput:
         raise NotImplementedError

@@ -1,6 +1,7 @@
-"""PNG plots for the leaderboard: the main score per row (bar plot) for every task, for
-encoding an ROI × row heatmap, and for layer-wise encoding also one ROI × layer heatmap per
-row (test score of every layer — descriptive — with the layer chosen on validation boxed).
+"""PNG plots for the leaderboard, the kinds a layout names (:class:`brainharness.layout.Plot`):
+``bars`` (the main score per row, CI error bars for an interval column), ``heatmap`` (value
+columns × rows) and ``row_heatmaps`` (one grid per row from the layout's per-row data, marked
+cells boxed — e.g. every layer's test score per ROI, the layer chosen on validation boxed).
 Drawn with matplotlib's Agg canvas directly (no pyplot, no global backend switch), returned
 as PNG bytes so the caller writes them atomically.
 
@@ -12,27 +13,14 @@ from __future__ import annotations
 import io
 import math
 import re
+import warnings
 
 import numpy as np
 import pandas as pd
 
-from .tables import MISSING, ROI_ORDER
+from brainharness.layout import MISSING
 
-
-def _row_label(df: pd.DataFrame, i) -> str:
-    parts = [str(df.at[i, "backbone"])]
-    parts += [str(df.at[i, c]) for c in ("system", "roi") if c in df and not pd.isna(df.at[i, c])]
-    parts.append(str(df.at[i, "weights"]))
-    for col in ("layer", "readout"):
-        if col in df and not pd.isna(df.at[i, col]):
-            parts.append(f"{col} {df.at[i, col]}")
-    if "experiment" in df and not pd.isna(df.at[i, "experiment"]):
-        parts.append(str(df.at[i, "experiment"]))
-    if df[["dataset", "subject"]].astype(str).drop_duplicates().shape[0] > 1:
-        parts.append(f"{df.at[i, 'dataset']}/{df.at[i, 'subject']}")
-    if not pd.isna(df.at[i, "seed"]) and df["seed"].nunique(dropna=False) > 1:
-        parts.append(f"seed {df.at[i, 'seed']}")
-    return " · ".join(parts)
+from .display import row_label as _row_label
 
 
 def _png(fig) -> bytes:
@@ -44,7 +32,7 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def bar_plot(task: str, df: pd.DataFrame) -> bytes | None:
+def bar_plot(task: str, df: pd.DataFrame, params: dict | None = None) -> bytes | None:
     """Horizontal bars of the main score per row, best ranked first."""
     from matplotlib.figure import Figure
 
@@ -56,7 +44,7 @@ def bar_plot(task: str, df: pd.DataFrame) -> bytes | None:
     ranked = df["ranked"].astype(bool).to_numpy()
     err = None
     col = df.attrs.get("main_column") or ""
-    if df.attrs.get("layout") == "retrieval" and col.endswith(" mean"):
+    if col.endswith(" mean") and col[: -len(" mean")] in (df.attrs.get("interval_groups") or ()):
         d = col[: -len(" mean")]
         lo, hi = df[f"{d} ci_low"].to_numpy(float), df[f"{d} ci_high"].to_numpy(float)
         err = np.vstack([values - lo, hi - values])
@@ -87,14 +75,16 @@ def bar_plot(task: str, df: pd.DataFrame) -> bytes | None:
     return _png(fig)
 
 
-def roi_heatmap(task: str, df: pd.DataFrame) -> bytes | None:
-    """ROI × row heatmap of the encoding table (missing cells grey with "—")."""
+def heatmap(task: str, df: pd.DataFrame, params: dict) -> bytes | None:
+    """Value column × row heatmap (missing cells grey with "—"); columns nobody has are left out
+    unless the layout always shows them."""
     from matplotlib.figure import Figure
 
     cols = [c for c in df.attrs.get("value_columns", []) if c in df]
-    if df.attrs.get("layout") not in ("encoding", "layerwise") or not cols or not len(df):
+    if not cols or not len(df):
         return None
-    cols = [c for c in cols if c in ROI_ORDER or df[c].notna().any()]
+    fixed = set(df.attrs.get("fixed_columns") or ())
+    cols = [c for c in cols if c in fixed or df[c].notna().any()]
     data = df[cols].to_numpy(dtype=float)
     labels = [_row_label(df, i) + ("" if r else " (not ranked)") for i, r in zip(df.index, df["ranked"])]
     fig = Figure(figsize=(1.6 + 0.6 * len(cols) + 0.05 * max(len(s) for s in labels), 1.5 + 0.4 * len(df)))
@@ -107,63 +97,72 @@ def roi_heatmap(task: str, df: pd.DataFrame) -> bytes | None:
     vmax = float(finite.max()) if finite.size else 1.0
     im = ax.imshow(masked, aspect="auto", cmap=cmap, vmin=0, vmax=vmax if vmax > 0 else 1.0)
     for (r, c), v in np.ndenumerate(data):
-        ax.text(c, r, MISSING if math.isnan(v) else f"{v:.1f}", ha="center", va="center", fontsize=7,
-                color="#333333" if math.isnan(v) or v > 0.6 * vmax else "white")
+        ax.text(c, r, MISSING if math.isnan(v) else f"{v:.{params.get('digits', 1)}f}", ha="center", va="center",
+                fontsize=7, color="#333333" if math.isnan(v) or v > 0.6 * vmax else "white")
     ax.set_xticks(range(len(cols)), cols, fontsize=8, rotation=45, ha="right")
     ax.set_yticks(range(len(df)), labels, fontsize=8)
-    fig.colorbar(im, ax=ax, label="median NC-normalised R² (%)")
-    ax.set_title(f"{task}: per-ROI median noise-ceiling-normalised R² (%)", fontsize=10)
+    fig.colorbar(im, ax=ax, label=params.get("colorbar", df.attrs.get("title", "")))
+    ax.set_title(f"{task}: {params.get('title', df.attrs.get('title', ''))}", fontsize=10)
     return _png(fig)
 
 
-def layer_heatmap(task: str, df: pd.DataFrame, i) -> bytes | None:
-    """ROI × layer heatmap of one layer-wise row: every layer's test score (descriptive), the
-    layer chosen for each ROI on validation boxed; missing cells grey with "—"."""
+def row_heatmap(task: str, df: pd.DataFrame, i, params: dict) -> bytes | None:
+    """One row's grid (``row_data``: ``{"y": names, "x": names, "values": y × x, "marked": y × x
+    booleans, "metric": name}``): cells with their values, marked cells boxed in red; missing
+    cells grey with "—". ``params``: ``labels`` (metric → readable name), ``title`` and
+    ``colorbar`` (formatted with ``{label}``), ``digits``."""
     import matplotlib
     from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
 
-    maps = df.attrs.get("layer_maps") or []
+    maps = df.attrs.get("row_data") or []
     m = maps[df.index.get_loc(i)] if df.index.get_loc(i) < len(maps) else None
-    if not isinstance(m, dict) or not m.get("rois") or not m.get("layers"):
+    if not isinstance(m, dict) or not m.get("y") or not m.get("x"):
         return None
-    data = np.asarray(m["test"], dtype=float)
-    rois, layers = m["rois"], m["layers"]
-    fig = Figure(figsize=(2.2 + 0.55 * len(layers), 1.4 + 0.32 * len(rois)))
+    data = np.asarray(m["values"], dtype=float)
+    ys, xs = m["y"], m["x"]
+    fig = Figure(figsize=(2.2 + 0.55 * len(xs), 1.4 + 0.32 * len(ys)))
     ax = fig.add_subplot()
     finite = data[np.isfinite(data)]
     vmax = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
     cmap = matplotlib.colormaps["viridis"].with_extremes(bad="#dddddd")
     im = ax.imshow(np.ma.masked_invalid(data), aspect="auto", cmap=cmap, vmin=0, vmax=vmax)
+    digits = params.get("digits", 1)
     for (r, c), v in np.ndenumerate(data):
-        ax.text(c, r, MISSING if math.isnan(v) else f"{v:.0f}", ha="center", va="center", fontsize=6,
+        ax.text(c, r, MISSING if math.isnan(v) else f"{v:.{digits}f}", ha="center", va="center", fontsize=6,
                 color="#333333" if math.isnan(v) or v > 0.6 * vmax else "white")
-    for (r, c), chosen in np.ndenumerate(np.asarray(m["selected"], dtype=bool)):
+    for (r, c), chosen in np.ndenumerate(np.asarray(m["marked"], dtype=bool)):
         if chosen:
             ax.add_patch(Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=1.6))
-    ax.set_xticks(range(len(layers)), layers, fontsize=7, rotation=45, ha="right")
-    ax.set_yticks(range(len(rois)), rois, fontsize=7)
-    label = "median NC-normalised R² (%)" if m.get("metric") == "median_nc_r2" else str(m.get("metric"))
-    fig.colorbar(im, ax=ax, label=f"test {label}")
-    ax.set_title(f"{_row_label(df, i)}\ntest {label} per ROI × layer (descriptive); "
-                 "red box = layer chosen on validation", fontsize=8)
+    ax.set_xticks(range(len(xs)), xs, fontsize=7, rotation=45, ha="right")
+    ax.set_yticks(range(len(ys)), ys, fontsize=7)
+    label = (params.get("labels") or {}).get(m.get("metric"), str(m.get("metric")))
+    fig.colorbar(im, ax=ax, label=params.get("colorbar", "{label}").format(label=label))
+    ax.set_title(f"{_row_label(df, i)}\n" + params.get("title", "{label}").format(label=label), fontsize=8)
     return _png(fig)
 
 
 def task_plots(task: str, df: pd.DataFrame) -> dict[str, bytes]:
-    """``{"png": bar plot, "heatmap_png": ROI heatmap, "layers_<row>_png": ROI × layer heatmap
-    per layer-wise row}`` (entries that apply to the task)."""
+    """The plots the table's layout names, in its order: ``{"png": bars, "heatmap_png": heatmap,
+    "<prefix>_<nn>_<row>_png": one per row of ``row_heatmaps``}`` (those that apply)."""
     out = {}
-    bar = bar_plot(task, df)
-    if bar is not None:
-        out["png"] = bar
-    heat = roi_heatmap(task, df)
-    if heat is not None:
-        out["heatmap_png"] = heat
-    if df.attrs.get("layout") == "layerwise":
-        for n, i in enumerate(df.index, 1):
-            png = layer_heatmap(task, df, i)
+    for kind, params in df.attrs.get("plots") or ():
+        if kind == "bars":
+            png = bar_plot(task, df, params)
             if png is not None:
-                name = "_".join(str(df.at[i, c]) for c in ("backbone", "subject", "experiment"))
-                out[f"layers_{n:02d}_{re.sub(r'[^A-Za-z0-9.=+-]+', '-', name).strip('-')}_png"] = png
+                out["png"] = png
+        elif kind == "heatmap":
+            png = heatmap(task, df, params)
+            if png is not None:
+                out["heatmap_png"] = png
+        elif kind == "row_heatmaps":
+            for n, i in enumerate(df.index, 1):
+                png = row_heatmap(task, df, i, params)
+                if png is not None:
+                    name = "_".join(str(df.at[i, c]) for c in ("backbone", "subject", "experiment"))
+                    prefix = params.get("prefix", "rows")
+                    out[f"{prefix}_{n:02d}_{re.sub(r'[^A-Za-z0-9.=+-]+', '-', name).strip('-')}_png"] = png
+        else:
+            warnings.warn(f"leaderboard plot {kind!r} of {task} skipped: unknown kind (bars, heatmap, row_heatmaps)",
+                          stacklevel=2)
     return out

@@ -40,6 +40,7 @@ import logging
 from pathlib import Path
 
 from brainharness.errors import ConfigError
+from brainharness.params import check_value
 from brainharness.runner import Runner
 
 log = logging.getLogger(__name__)
@@ -164,6 +165,12 @@ class Sweep:
         bad = set(self.space) - set(task_cls.params)
         if bad:
             raise ConfigError(f"sweep.space: {sorted(bad)[0]!r} is not a parameter of task {self.tspec['name']}")
+        for name, spec in self.space.items():  # the values a trial can draw must pass the task's Param
+            if isinstance(spec, dict):
+                ends = spec["choices"] if isinstance(spec.get("choices"), list) else \
+                    [spec[k] for k in ("low", "high") if k in spec]
+                for value in ends:
+                    check_value(f"sweep.space ({task_cls.owner()})", name, task_cls.params[name], value)
         self.grid = grid_points(self.space) if self.sampler == "grid" else None
         self.n_trials = sw.get("n_trials", len(self.grid) if self.grid else 20)
         if not isinstance(self.n_trials, int) or self.n_trials < 1:

@@ -130,21 +130,24 @@ def generate(backbone, queries: np.ndarray, prompt: str | None, gen_kwargs: dict
     return backbone.generate_from_query_embeds(queries, prompt=prompt, **gen_kwargs)
 
 
-def score_captions(predictions: list[str], references: list[list[str]], metrics, device: str | None):
-    """``caption_scores`` with the task's metric list (``None`` = all) → (per_image, summary, info)."""
+def score_captions(predictions: list[str], references: list[list[str]], metrics, device: str | None,
+                   cache_dir=None):
+    """``caption_scores`` with the task's metric list (``None`` = all) → (per_image, summary, info);
+    ``cache_dir``: the run's cache root (``TaskContext.cache_dir``) for the metrics' data."""
     from brainharness.metrics.captions import METRICS, caption_scores
 
-    return caption_scores(predictions, references, metrics=tuple(metrics or METRICS), device=device)
+    return caption_scores(predictions, references, metrics=tuple(metrics or METRICS), device=device,
+                          cache_dir=cache_dir)
 
 
 def select_prompt(candidates: list, backbone, queries: np.ndarray, references: list[list[str]],
-                  gen_kwargs: dict, metric: str, device: str | None) -> tuple[str | None, list[dict]]:
+                  gen_kwargs: dict, metric: str, device: str | None, cache_dir=None) -> tuple[str | None, list[dict]]:
     """The candidate prompt whose captions of ``queries`` (validation rows of the *training*
     split) score best on ``metric`` → (prompt, one row per candidate)."""
     rows = []
     for prompt in candidates:
         caps = generate(backbone, queries, prompt, gen_kwargs)
-        _, summary, _ = score_captions(caps, references, [metric], device)
+        _, summary, _ = score_captions(caps, references, [metric], device, cache_dir)
         value = summary.get(metric)
         if value is None:
             raise DataError(f"prompt selection needs the caption metric {metric!r}, which is unavailable here; "

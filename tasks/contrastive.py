@@ -58,13 +58,30 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from brainharness.errors import ConfigError, DataError
+from brainharness.params import Param
 
+SELECT_ON = ("loss", "brain_text", "mse", "image_text", "retrieval")
+MAXIMISED = ("retrieval",)  # validation accuracy: higher is better; the loss terms: lower
 STAGE2_PARAMS = {
-    "lambda_mse": 1.0, "lambda_brain_text": 1.0, "lambda_image_text": 1.0,
-    "lr": 1e-4, "brain_lr_factor": 0.2, "weight_decay": 0.0, "temperature": 0.07, "learn_temperature": True,
-    "label_smoothing": 0.1, "batch_size": 64, "max_epochs": 30, "patience": 5, "grad_clip": 1.0,
-    "train_text_path": True, "projection_init": "vision_projection", "max_text_tokens": 64, "select_on": "loss",
-    "ridge_penalty": True,
+    "lambda_mse": Param(1.0, ge=0, doc="λ1 of eq. 1: MSE to the true query outputs"),
+    "lambda_brain_text": Param(1.0, ge=0, doc="λ2: InfoNCE brain ↔ caption"),
+    "lambda_image_text": Param(1.0, ge=0, doc="λ3: InfoNCE image ↔ caption"),
+    "lr": Param(1e-4, gt=0, doc="stage-2 learning rate (AdamW)"),
+    "brain_lr_factor": Param(0.2, gt=0, doc="learning rate of the brain map, × lr"),
+    "weight_decay": Param(0.0, ge=0, doc="AdamW weight decay"),
+    "temperature": Param(0.07, gt=0, doc="initial InfoNCE temperature"),
+    "learn_temperature": Param(True, doc="train the temperature"),
+    "label_smoothing": Param(0.1, ge=0, lt=1, doc="InfoNCE label smoothing"),
+    "batch_size": Param(64, ge=2, doc="stage-2 batch size (negatives: the rest of the batch)"),
+    "max_epochs": Param(30, ge=1, doc="stage-2 epochs at most"),
+    "patience": Param(5, ge=1, doc="epochs without improvement before stopping"),
+    "grad_clip": Param(1.0, ge=0, doc="gradient-norm clip (0: none)"),
+    "train_text_path": Param(True, doc="train the Q-Former text path and projections too (false: frozen)"),
+    "projection_init": Param("vision_projection", choices=("vision_projection", "random", "tied"),
+                             doc="brain_projection: a copy of vision_projection, random, or vision_projection itself"),
+    "max_text_tokens": Param(64, ge=2, doc="caption tokens kept"),
+    "select_on": Param("loss", choices=SELECT_ON, doc="validation score that picks the epoch"),
+    "ridge_penalty": Param(True, doc="the MSE term keeps stage 1's per-target ridge penalty"),
 }
 STAGE2_SPACE = {
     "lambda_mse": {"low": 0.1, "high": 10.0, "log": True},
@@ -75,33 +92,10 @@ STAGE2_SPACE = {
 }
 
 
-SELECT_ON = ("loss", "brain_text", "mse", "image_text", "retrieval")
-MAXIMISED = ("retrieval",)  # validation accuracy: higher is better; the loss terms: lower
-
-
-def validate_stage2(p: dict) -> None:
-    for k in ("lambda_mse", "lambda_brain_text", "lambda_image_text", "weight_decay", "label_smoothing",
-              "grad_clip"):
-        if not isinstance(p[k], (int, float)) or isinstance(p[k], bool) or p[k] < 0:
-            raise ConfigError(f"stage 2: {k} must be a number ≥ 0, got {p[k]!r}")
-    if p["label_smoothing"] >= 1:
-        raise ConfigError(f"stage 2: label_smoothing must be < 1, got {p['label_smoothing']}")
-    for k in ("lr", "brain_lr_factor", "temperature"):
-        if not isinstance(p[k], (int, float)) or isinstance(p[k], bool) or not p[k] > 0:
-            raise ConfigError(f"stage 2: {k} must be > 0, got {p[k]!r}")
-    for k, low in (("batch_size", 2), ("max_epochs", 1), ("patience", 1), ("max_text_tokens", 2)):
-        if not isinstance(p[k], int) or isinstance(p[k], bool) or p[k] < low:
-            raise ConfigError(f"stage 2: {k} must be an integer ≥ {low}, got {p[k]!r}")
-    for k in ("learn_temperature", "train_text_path", "ridge_penalty"):
-        if not isinstance(p[k], bool):
-            raise ConfigError(f"stage 2: {k} must be true or false, got {p[k]!r}")
-    if p["projection_init"] not in ("vision_projection", "random", "tied"):
-        raise ConfigError("stage 2: projection_init must be vision_projection, random or tied, got "
-                          f"{p['projection_init']!r}")
-    if p["select_on"] not in SELECT_ON:
-        raise ConfigError(f"stage 2: select_on must be one of {', '.join(SELECT_ON)}, got {p['select_on']!r}")
+def check_stage2(owner: str, p: dict) -> None:
+    """The rule across the stage-2 parameters (each is checked by its Param)."""
     if p["lambda_mse"] + p["lambda_brain_text"] + p["lambda_image_text"] == 0:
-        raise ConfigError("stage 2: at least one of lambda_mse, lambda_brain_text, lambda_image_text must be > 0")
+        raise ConfigError(f"{owner}: at least one of lambda_mse, lambda_brain_text, lambda_image_text must be > 0")
 
 
 @dataclass

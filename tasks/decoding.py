@@ -11,7 +11,7 @@ the unit's backbone). On the synthetic data both are the ``blip2-synthetic`` che
 (:mod:`backbones.blip2_synthetic`).
 
 Stage 1 — ridge from the standardised voxels of ``roi`` (default ``nsdgeneral``) to the
-flattened query outputs, one α per target chosen by GCV on the fit rows (:func:`fit_ridge`).
+flattened query outputs, one α per target chosen by GCV on the fit rows (:func:`brainharness.readout.fit_ridge`).
 
 Stage 2 — eq. 1 (:mod:`brainharness.tasks.contrastive`). Selection never leaves the fit rows: a validation
 part (``validation_fraction``) is carved from them (:func:`brainharness.task.selection_split`); a
@@ -60,23 +60,28 @@ from typing import ClassVar
 import numpy as np
 
 from brainharness import registry
+from brainharness.capabilities import (CAPTIONS, IMAGE_FEATURES, IMAGE_TEXT_RETRIEVAL, QUERY_CAPTIONER, QUERY_TOKENS,
+                                       ROI_MASKS, Need)
 from brainharness.errors import ConfigError, DataError
 from brainharness.features import flatten_rows
 from brainharness.metrics import paired_difference, top1_from_similarity, top1_retrieval
+from brainharness.readout import RIDGE_SPACE, fit_ridge, voxel_source
 from brainharness.registry import register_task
-from brainharness.task import TaskContext, TaskOutput, selection_split, standardise
+from brainharness.params import Param
+from brainharness.task import TaskContext, TaskOutput, selection_split, standardise, validation_fraction
+from brainharness.threads import torch_threads
 from brainharness.tasks import captioning as cap
 from brainharness.tasks.contrastive import (
     STAGE2_PARAMS,
     STAGE2_SPACE,
     Paired,
     brain_outputs,
+    check_stage2,
     encode_texts,
     query_text_similarity,
     train_stage2,
-    validate_stage2,
 )
-from brainharness.tasks.encoding import RIDGE_SPACE, fit_ridge
+from brainharness.tasks.decoding_layout import DECODING_LAYOUT
 from brainharness.tasks.retrieval import RetrievalTask
 
 RETRIEVAL_SPEC = {"name": "blip2", "model": "Salesforce/blip2-itm-vit-g", "weights": "pretrained"}
@@ -86,55 +91,57 @@ GENERATE = ("max_new_tokens", "num_beams")
 @register_task("decoding")
 class DecodingTask(RetrievalTask):
     direction = "brain→image, brain→text"
-    needs = ("image", "text")
+    needs = (IMAGE_FEATURES, QUERY_TOKENS,  # stage 1 predicts the unit backbone's query outputs
+             Need(QUERY_CAPTIONER, when=lambda p: bool(p["captioning"] or p["roi_captions"]),
+                  condition="with captioning or roi_captions"),
+             Need(IMAGE_TEXT_RETRIEVAL, role="retrieval_backbone", when=lambda p: p["stage2"] or p["retrieval"],
+                  condition="with stage2 or retrieval"),
+             Need(CAPTIONS, when=lambda p: p["stage2"] or p["retrieval"] or p["captioning"],
+                  condition="with stage2, retrieval or captioning"),
+             Need(ROI_MASKS, when=lambda p: bool(p["roi_captions"]), condition="with roi_captions"))
     main_score = "meteor"
-    params: ClassVar[dict] = {**RetrievalTask.params, "text_trials": 50, "caption_index": 0,
-              "stage2": True, "retrieval": True, "captioning": True, "roi_captions": True,
-              "retrieval_backbone": RETRIEVAL_SPEC, "validation_fraction": 0.2, "refit": True,
-              **STAGE2_PARAMS,
-              "prompt": None, "max_new_tokens": 30, "num_beams": 1, "caption_metrics": None,
-              "select_metric": "meteor", "nn_caption_index": 0, "roi_scale": 11.0, "roi_stages": [1, 2],
-              "examples": 8, "num_threads": None}
+    layout = DECODING_LAYOUT  # Tables 1–3 of seed 000 (brainharness.tasks.decoding_layout)
+    params: ClassVar[dict] = {
+        **RetrievalTask.params,
+        "text_trials": Param(50, ge=2, doc="candidate sets of the text ↔ brain retrieval"),
+        "caption_index": Param(0, ge=0, doc="which caption of an image is its text in retrieval"),
+        "stage2": Param(True, doc="run stage 2 (contrastive fine-tuning, eq. 1)"),
+        "retrieval": Param(True, doc="score Table 1 retrieval"),
+        "captioning": Param(True, doc="score Table 2 captions"),
+        "roi_captions": Param(True, (bool, list, dict), nullable=True,
+                              doc="Table 3 ROI-synthetic captions: true (default groups), ROI names or {row: ROIs}"),
+        "retrieval_backbone": Param(RETRIEVAL_SPEC, dict, nullable=True, check=lambda v: isinstance(v.get("name"), str),
+                                    expect="null or a backbone spec {name: ..., ...}",
+                                    doc="image-text model of stage 2 and T↔B retrieval"),
+        "validation_fraction": validation_fraction(0.2),
+        "refit": Param(True, doc="retrain stage 2 on every fit row for the selected number of epochs"),
+        **STAGE2_PARAMS,
+        "prompt": Param(None, (str, list), items=Param(type=str, nullable=True),
+                        check=lambda v: not isinstance(v, (list, tuple)) or len(v) > 0,
+                        expect="null, a string or a non-empty list of them",
+                        doc="captioning prompt; a list is chosen on the validation part"),
+        "max_new_tokens": Param(30, ge=1, doc="caption length limit (tokens)"),
+        "num_beams": Param(1, ge=1, doc="beam search width (1: greedy)"),
+        "caption_metrics": Param(None, list, items=Param(type=str), doc="caption metrics scored (null: all)"),
+        "select_metric": Param("meteor", str, doc="caption metric that picks the prompt"),
+        "nn_caption_index": Param(0, ge=0, doc="caption of the nearest training image in the reference row"),
+        "roi_scale": Param(11.0, gt=0, doc="Table 3: the normalised ROI pattern × this"),
+        "roi_stages": Param([1, 2], list, items=Param(type=int, choices=(1, 2)), nonempty=True,
+                            doc="Table 3 for the stage-1 and/or stage-2 map"),
+        "examples": Param(8, ge=0, doc="example captions kept in the record"),
+        "num_threads": Param(None, int, ge=1, doc="torch CPU threads (null: as is)"),
+    }
     search_space: ClassVar[dict] = {**RIDGE_SPACE, **STAGE2_SPACE}
 
-    def validate(self):
-        super().validate()
-        p = self.p
-        validate_stage2(p)
-        if not isinstance(p["text_trials"], int) or p["text_trials"] < 2:
-            raise ConfigError(f"decoding: text_trials must be an integer ≥ 2, got {p['text_trials']!r}")
-        for k in ("stage2", "retrieval", "captioning", "refit"):
-            if not isinstance(p[k], bool):
-                raise ConfigError(f"decoding: {k} must be true or false, got {p[k]!r}")
-        if not (p["roi_captions"] in (True, False, None) or isinstance(p["roi_captions"], (list, dict))):
-            raise ConfigError("decoding: roi_captions must be true/false, a list of ROI names or a mapping")
+    def check(self, p):
+        super().check(p)
+        check_stage2(self.owner(), p)
         rb = p["retrieval_backbone"]
-        if rb is not None and not (isinstance(rb, dict) and isinstance(rb.get("name"), str)):
-            raise ConfigError(f"decoding: retrieval_backbone must be a backbone spec {{name: ..., ...}} or null, "
-                              f"got {rb!r}")
         if rb is not None and rb["name"] not in registry.backbones:
             registry.backbones.get(rb["name"])  # raises with "did you mean"
-        prompt = p["prompt"]
-        if not (prompt is None or isinstance(prompt, str)
-                or (isinstance(prompt, list) and prompt and all(x is None or isinstance(x, str) for x in prompt))):
-            raise ConfigError(f"decoding: prompt must be null, a string or a non-empty list of them, got {prompt!r}")
-        for k, low in (("max_new_tokens", 1), ("num_beams", 1), ("nn_caption_index", 0), ("caption_index", 0),
-                       ("examples", 0)):
-            if not isinstance(p[k], int) or isinstance(p[k], bool) or p[k] < low:
-                raise ConfigError(f"decoding: {k} must be an integer ≥ {low}, got {p[k]!r}")
-        if not isinstance(p["roi_scale"], (int, float)) or not p["roi_scale"] > 0:
-            raise ConfigError(f"decoding: roi_scale must be > 0, got {p['roi_scale']!r}")
-        if not (isinstance(p["roi_stages"], list) and set(p["roi_stages"]) <= {1, 2} and p["roi_stages"]):
-            raise ConfigError(f"decoding: roi_stages must be a non-empty list of 1 and/or 2, got {p['roi_stages']!r}")
-        if not 0 < float(p["validation_fraction"]) < 1:
-            raise ConfigError(f"decoding: validation_fraction must be in (0, 1), got {p['validation_fraction']}")
-        if p["caption_metrics"] is not None and not isinstance(p["caption_metrics"], list):
-            raise ConfigError(f"decoding: caption_metrics must be null (all) or a list, got {p['caption_metrics']!r}")
 
     # -- running ----------------------------------------------------------------------
     def run(self, ctx: TaskContext) -> TaskOutput:
-        from brainharness.backbones.blip2_synthetic import torch_threads
-
         with torch_threads(self.p["num_threads"]):
             return self._run(ctx)
 
@@ -146,6 +153,7 @@ class DecodingTask(RetrievalTask):
         if key not in ctx.memo:  # one instance per run (and per sweep)
             params = {k: v for k, v in spec.items() if k not in ("name", "label")}
             params.setdefault("device", ctx.device)
+            params.setdefault("cache_dir", ctx.cache_dir)
             ctx.memo[key] = registry.backbones.get(spec["name"])(**params)
         return ctx.memo[key]
 
@@ -166,8 +174,7 @@ class DecodingTask(RetrievalTask):
         # stage 1: ridge on every fit row (α per target by GCV on them)
         ridge_p = dict(p, standardize=False, pca=None)
         t0 = time.perf_counter()
-        ridge1, P1 = fit_ridge(ridge_p, ctx, B_fit, Y_fit, B_score, ("decoding", p["roi"], ctx.evaluated_on,
-                                                                      len(B_fit)))
+        ridge1, P1 = fit_ridge(ridge_p, ctx, B_fit, Y_fit, B_score, voxel_source(ctx, p["roi"]), ctx.fit.stim_ids)
         coef1, icpt1 = ridge1.coef_.cpu().numpy(), ridge1.intercept_.cpu().numpy()
         t["stage1_s"] = time.perf_counter() - t0
         details = {"stage1_alpha_median": float(ridge1.best_alphas_.median()), "n_voxels": int(mask.sum()),
@@ -238,18 +245,16 @@ class DecodingTask(RetrievalTask):
         rows_tr = np.flatnonzero(np.isin(ctx.fit.stim_ids, tr.stim_ids))
         rows_va = np.flatnonzero(np.isin(ctx.fit.stim_ids, va.stim_ids))
         ridge_tr, _ = fit_ridge(ridge_p, ctx, B_fit[rows_tr], Y_fit[rows_tr], B_fit[rows_va],
-                                ("decoding-train-part", p["roi"], ctx.evaluated_on, len(rows_tr), ctx.seed,
-                                 float(p["validation_fraction"])))
-        model_r, tok = _retrieval_modules(retr)
+                                voxel_source(ctx, p["roi"]), ctx.fit.stim_ids[rows_tr])
         part = lambda rows: Paired(B_fit[rows], Y_fit[rows], [fit_caps[r] for r in rows])
-        selected = train_stage2(ridge_tr.coef_.cpu().numpy(), ridge_tr.intercept_.cpu().numpy(), shape, model_r,
-                                tok, part(rows_tr), p, val=part(rows_va), seed=ctx.seed, device=device,
+        selected = train_stage2(ridge_tr.coef_.cpu().numpy(), ridge_tr.intercept_.cpu().numpy(), shape, retr,
+                                retr.tokenizer, part(rows_tr), p, val=part(rows_va), seed=ctx.seed, device=device,
                                 progress=ctx.progress, alphas=ridge_tr.best_alphas_.cpu().numpy())
         history = [{"run": "selection", **h} for h in selected.history]
         final = selected
         if p["refit"]:
             coef, icpt, alphas = init
-            final = train_stage2(coef, icpt, shape, model_r, tok, part(np.arange(len(B_fit))), p,
+            final = train_stage2(coef, icpt, shape, retr, retr.tokenizer, part(np.arange(len(B_fit))), p,
                                  epochs=selected.best_epoch, seed=ctx.seed, device=device, progress=ctx.progress,
                                  alphas=alphas)
             final.best_epoch = selected.best_epoch
@@ -267,9 +272,8 @@ class DecodingTask(RetrievalTask):
         texts = [_caption(ctx.stimuli, i, p["caption_index"]) for i in ctx.score.stim_ids]
         img_kw = {"n_candidates": p["n_candidates"], "n_trials": p["n_trials"], "seed": p["seed"], "per_item": True}
         txt_kw = {"n_candidates": p["n_candidates"], "n_trials": p["text_trials"], "seed": p["seed"], "per_item": True}
-        model_r, _ = _retrieval_modules(retr)
         with torch.no_grad():
-            vp = model_r.vision_projection
+            vp = retr.vision_projection
             q = torch.as_tensor(P1.reshape(n, *shape), device=vp.weight.device, dtype=vp.weight.dtype)
             S1 = torch.nn.functional.normalize(vp(q), dim=-1).float().cpu().numpy()
         T1 = retr.encode_text(texts)
@@ -297,7 +301,6 @@ class DecodingTask(RetrievalTask):
 
     def _captioning(self, ctx, gen, P1, P2, Y_fit, Y_score, fit_caps, val, B_fit, ridge_p, device):
         p = self.p
-        _check_generator(gen)
         refs = [list(ctx.stimuli.captions.get(int(i), [])) for i in ctx.score.stim_ids]
         if any(not r for r in refs):
             raise DataError("decoding: every scored image needs reference captions for the captioning part")
@@ -309,7 +312,7 @@ class DecodingTask(RetrievalTask):
             else:
                 rows_va, q_va = self._validation_predictions(ctx, val, B_fit, ridge_p, Y_fit, device)
                 prompt, prompt_rows = cap.select_prompt(p["prompt"], gen, q_va, [fit_caps[r] for r in rows_va], kw,
-                                                        p["select_metric"], _metric_device(device))
+                                                        p["select_metric"], _metric_device(device), ctx.cache_dir)
         best = P2 if P2 is not None else P1
         systems = {}
         if P2 is not None:
@@ -328,7 +331,8 @@ class DecodingTask(RetrievalTask):
         for name in [*systems, "shuffled brain"]:
             preds = systems[main_system] if name == "shuffled brain" else systems[name]
             r = shuffled_refs if name == "shuffled brain" else refs
-            pi, summary, info = cap.score_captions(preds, r, p["caption_metrics"], _metric_device(device))
+            pi, summary, info = cap.score_captions(preds, r, p["caption_metrics"], _metric_device(device),
+                                                   ctx.cache_dir)
             row = {"system": name, **summary, "n_images": len(preds)}
             if name == "nearest-neighbour":
                 row["brain_model"] = main_system
@@ -362,14 +366,12 @@ class DecodingTask(RetrievalTask):
         rows_va = np.flatnonzero(np.isin(ctx.fit.stim_ids, va.stim_ids))
         rows_tr = np.setdiff1d(np.arange(len(B_fit)), rows_va)
         _, pred = fit_ridge(ridge_p, ctx, B_fit[rows_tr], Y_fit[rows_tr], B_fit[rows_va],
-                            ("decoding-train-part", self.p["roi"], ctx.evaluated_on, len(rows_tr), ctx.seed,
-                             float(self.p["validation_fraction"])))
+                            voxel_source(ctx, self.p["roi"]), ctx.fit.stim_ids[rows_tr])
         return rows_va, pred
 
     # -- ROI-synthetic captions -------------------------------------------------------
     def _roi_captions(self, ctx, gen, mask, shape, init, stage2, prompt):
         p = self.p
-        _check_generator(gen)
         groups, skipped = cap.roi_groups(ctx.rois, p["roi_captions"])
         models = {}
         if 1 in p["roi_stages"]:
@@ -396,29 +398,12 @@ class DecodingTask(RetrievalTask):
 
 
 def _query_shape(backbone, width: int) -> tuple[int, int]:
-    cfg = getattr(getattr(backbone, "model", None), "config", None)
-    n_q = getattr(cfg, "num_query_tokens", None)
-    if not n_q or width % n_q:
-        raise ConfigError(f"decoding needs a BLIP-2 backbone whose layer holds its query outputs (got "
-                          f"{getattr(backbone, 'registry_name', type(backbone).__name__)} with {width} features)")
-    return int(n_q), width // int(n_q)
-
-
-def _retrieval_modules(retr):
-    model = getattr(retr, "model", None)
-    for attr in ("vision_projection", "text_projection", "embeddings", "qformer"):
-        if not hasattr(model, attr):
-            raise ConfigError("decoding: the retrieval backbone must be a BLIP-2 retrieval model "
-                              "(Blip2ForImageTextRetrieval, e.g. model: Salesforce/blip2-itm-vit-g or "
-                              "blip2-synthetic with variant: retrieval)")
-    return model, retr.tokenizer
-
-
-def _check_generator(gen) -> None:
-    if not hasattr(gen, "generate_from_query_embeds") or getattr(gen, "variant", "generation") != "generation":
-        raise ConfigError("decoding: captions need the unit's backbone to be a BLIP-2 generation model "
-                          "(e.g. blip2 with model: Salesforce/blip2-opt-2.7b), or set captioning: false and "
-                          "roi_captions: false")
+    """(query tokens, width) of the flattened features: the backbone's layer must hold its query outputs."""
+    n_q = backbone.num_query_tokens  # declared: QUERY_TOKENS
+    if width % n_q:
+        raise ConfigError(f"decoding: the layer of backbone {backbone.registry_name} has {width} features, not "
+                          f"{n_q} query outputs (use layer: qformer)")
+    return n_q, width // n_q
 
 
 def _caption(stimuli, stim_id, index: int) -> str:

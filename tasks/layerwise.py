@@ -29,22 +29,26 @@ Reported:
 (``blocks.*``, ``mix.*``) or a list of names/globs (patterns this backbone has no layer for are
 skipped and listed in ``details.unmatched_layer_patterns``, so one task serves several
 families); ``layer_stride`` keeps every n-th of them (e.g. ``blocks.*`` with stride 2 →
-blocks 0, 2, 4, …). Ridge decompositions are dropped after
-each layer, so memory holds one at a time.
+blocks 0, 2, 4, …). Ridge decompositions are not kept in the run's memo (``fit_ridge(...,
+keep=False)``), so memory holds one at a time.
 """
 from __future__ import annotations
 
 import fnmatch
 import time
+from dataclasses import replace
 
 import numpy as np
 
 from brainharness.errors import ConfigError, DataError, HarnessError
+from brainharness.layout import Layout, Plot, Side, num
 from brainharness.metrics import encoding_scores
+from brainharness.params import Param
+from brainharness.readout import RIDGE_PARAMS, RIDGE_SPACE, backbone_source, check_ridge, fit_ridge, scatter
 from brainharness.registry import register_task
-from brainharness.task import Task, TaskContext, TaskOutput, selection_split, validation_noise_ceiling
-
-from .encoding import RIDGE_PARAMS, RIDGE_SPACE, _scatter, alpha_grid, fit_ridge
+from brainharness.task import (NC_THRESHOLD, REPORT_ROIS, Task, TaskContext, TaskOutput, selection_split,
+                               validation_fraction, validation_noise_ceiling)
+from brainharness.tasks.encoding import ENCODING_TABLE, TABLE13
 
 
 def resolve_layers(spec, readable: list[str], stride: int = 1) -> tuple[list[str], list[str]]:
@@ -86,36 +90,82 @@ def _only(features, allowed: np.ndarray):
     return read
 
 
+# -- leaderboard layout: Table 13 cells at each ROI's validation-chosen layer -----------------
+BEST_LAYER_SECTION = "Best layer per ROI (chosen on a validation part of the training split)"
+
+
+def _details(record: dict) -> dict:
+    return record.get("details") if isinstance(record.get("details"), dict) else {}
+
+
+def _layers(record: dict) -> tuple[list[str], list[dict]]:
+    rows = [r for r in (record.get("tables") or {}).get("layer_scores") or [] if isinstance(r, dict)]
+    layers = [str(x) for x in _details(record).get("layers") or []]
+    return layers or list(dict.fromkeys(str(r.get("layer")) for r in rows)), rows
+
+
+def layer_range(record: dict) -> dict:
+    """The ``layer`` cell of a row: the range of layers compared (``mix.0…mix.4 (5)``)."""
+    layers, _ = _layers(record)
+    return {"layer": f"{layers[0]}…{layers[-1]} ({len(layers)})" if len(layers) > 1 else
+            layers[0] if layers else np.nan}
+
+
+def layer_matrix(record: dict) -> dict:
+    """ROI × layer grid of test scores (descriptive) with the validation-chosen cells marked."""
+    layers, rows = _layers(record)
+    seen = list(dict.fromkeys(TABLE13.column(r.get("roi")) for r in rows if r.get("roi") != "nsdgeneral"))
+    rois = [c for c in TABLE13.fixed() if c in seen] + [c for c in seen if c not in TABLE13.fixed()]
+    test = np.full((len(rois), len(layers)), np.nan)
+    selected = np.zeros(test.shape, dtype=bool)
+    for r in rows:
+        col, layer = TABLE13.column(r.get("roi")), str(r.get("layer"))
+        if col in rois and layer in layers:
+            test[rois.index(col), layers.index(layer)] = num(r.get("test"))
+            selected[rois.index(col), layers.index(layer)] = bool(r.get("selected"))
+    metric = next((str(r["metric"]) for r in rows if r.get("metric")), "median_nc_r2")
+    return {"y": rois, "x": layers, "values": test.tolist(), "marked": selected.tolist(), "metric": metric}
+
+
+LAYERWISE_TABLE = replace(
+    ENCODING_TABLE, name="layerwise",
+    title="brain score per ROI at its best layer, median noise-ceiling-normalised R² (%)",
+    description="seed 003 Table 13 layout. Cells: per-ROI median of 100·R²/NC on the test split, at the "
+                "layer chosen for that ROI on a validation part of the training split (never on test); "
+                "all = the whole-brain median of the one layer best on validation. The chosen layers are "
+                "in the 'best layer per ROI' table and the '<ROI> layer' CSV columns; per-record ROI × "
+                "layer heatmaps show every layer's test score (descriptive)",
+    side=Side(BEST_LAYER_SECTION, replace(TABLE13, value="layer", cell_kind="text",
+                                          whole_value=lambda r: _details(r).get("best_layer")), " layer"),
+    cells=layer_range, row_data=layer_matrix,
+    plots=ENCODING_TABLE.plots + (Plot("row_heatmaps", {
+        "prefix": "layers", "labels": {"median_nc_r2": "median NC-normalised R² (%)"}, "digits": 0,
+        "colorbar": "test {label}",
+        "title": "test {label} per ROI × layer (descriptive); red box = layer chosen on validation"}),))
+
+
 @register_task("layerwise_encoding")
 class LayerwiseEncodingTask(Task):
     direction = "image→brain"
     main_score = "median_nc_r2"
-    params = {**RIDGE_PARAMS, "layers": "every", "layer_stride": 1, "validation_fraction": 0.2,
-              "nc_threshold": 10.0, "rois": None}
+    layout = Layout(LAYERWISE_TABLE)
+    params = {**RIDGE_PARAMS,
+              "layers": Param("every", (str, list), items=Param(type=str), nonempty=True, nullable=True,
+                              expect="'every', a glob or a non-empty list of layer names/globs",
+                              doc="layers compared: every, a glob (blocks.*) or a list of names/globs"),
+              "layer_stride": Param(1, ge=1, doc="keep every n-th of those layers"),
+              "validation_fraction": validation_fraction(0.2),
+              "nc_threshold": NC_THRESHOLD, "rois": REPORT_ROIS}
     search_space = RIDGE_SPACE
 
-    def validate(self):
-        alpha_grid(self.p)
-        if not 0 <= float(self.p["nc_threshold"]) < 100:
-            raise ConfigError(f"layerwise_encoding: nc_threshold must be in [0, 100), got {self.p['nc_threshold']}")
-        if not 0 < float(self.p["validation_fraction"]) < 1:
-            raise ConfigError("layerwise_encoding: validation_fraction must be in (0, 1), "
-                              f"got {self.p['validation_fraction']}")
-        stride = self.p["layer_stride"]
-        if not isinstance(stride, int) or isinstance(stride, bool) or stride < 1:
-            raise ConfigError(f"layerwise_encoding: layer_stride must be a positive integer, got {stride!r}")
-        spec = self.p["layers"]
-        if not (spec is None or isinstance(spec, str) or
-                isinstance(spec, (list, tuple)) and spec and all(isinstance(x, str) for x in spec)):
-            raise ConfigError(f"layerwise_encoding: layers must be 'every', a glob or a list of layer names, "
-                              f"got {spec!r}")
+    def check(self, p):
+        check_ridge(self.owner(), p)
 
     def run(self, ctx: TaskContext) -> TaskOutput:
         t0 = time.perf_counter()
         p, thr = self.p, float(self.p["nc_threshold"])
         layers, unmatched = resolve_layers(p["layers"], ctx.backbone.layers(), p["layer_stride"])
-        if hasattr(ctx.features, "prefetch"):
-            ctx.features.prefetch(layers)  # one backbone pass for every layer
+        ctx.features.prefetch(layers)  # one backbone pass for every layer
         t1 = time.perf_counter()
 
         sub, val = selection_split(ctx.fit, float(p["validation_fraction"]), ctx.seed)
@@ -134,18 +184,15 @@ class LayerwiseEncodingTask(Task):
         val_tab, test_tab, voxel_r, test_voxel, alphas = {}, {}, [], [], []
         for i, layer in enumerate(layers):
             # 1. selection: fit-split stimuli only
-            key = ("layerwise", layer, ctx.evaluated_on, "selection", len(sub.stim_ids), p["pca"])
             _, pred = fit_ridge(p, ctx, fit_only(sub.stim_ids, layer), sub.averaged[:, keep],
-                                fit_only(val.stim_ids, layer), key)
-            ctx.memo.pop(key, None)
+                                fit_only(val.stim_ids, layer), backbone_source(ctx, layer), sub.stim_ids, keep=False)
             pv, scores, per_roi = encoding_scores(pred, val.averaged[:, keep], val_nc, rois, thr)
             val_tab[i] = {"all": scores, **{r["roi"]: r for r in per_roi}}
             voxel_r.append(pv["pearson_r"])
             # 2. scoring: refit on the whole fit split, score once
-            key = ("layerwise", layer, ctx.evaluated_on, "score", len(ctx.fit.stim_ids), p["pca"])
             model, pred = fit_ridge(p, ctx, ctx.features(ctx.fit.stim_ids, layer), ctx.fit.averaged[:, keep],
-                                    ctx.features(ctx.score.stim_ids, layer), key)
-            ctx.memo.pop(key, None)
+                                    ctx.features(ctx.score.stim_ids, layer), backbone_source(ctx, layer),
+                                    ctx.fit.stim_ids, keep=False)
             pv, scores, per_roi = encoding_scores(pred, ctx.score.averaged[:, keep], nc, rois, thr)
             test_tab[i] = {"all": scores, **{r["roi"]: r for r in per_roi}}
             test_voxel.append(pv)
@@ -173,7 +220,7 @@ class LayerwiseEncodingTask(Task):
         per_voxel = {**test_voxel[best], "best_alpha": alphas[best],
                      "best_layer_index": np.argmax(np.stack(voxel_r), 0).astype(np.float32)}
         if bad.any():  # scatter back to the full voxel index so sidecars align with the ROI masks
-            per_voxel = {k: _scatter(v, keep) for k, v in per_voxel.items()}
+            per_voxel = {k: scatter(v, keep) for k, v in per_voxel.items()}
         details = {
             "layers": layers, "unmatched_layer_patterns": unmatched, "best_layer": layers[best],
             "best_layer_per_roi": {r: layers[choice[r]] if choice[r] is not None else None for r in names},

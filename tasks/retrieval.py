@@ -6,31 +6,83 @@ among the candidates) and ``image→brain`` (each image finds its own brain samp
 """
 from __future__ import annotations
 
+import math
+import re
 import time
 
 import numpy as np
 
-from brainharness.errors import ConfigError, DataError
+from brainharness.errors import DataError
+from brainharness.layout import MISSING, Intervals, Layout, Table, num
 from brainharness.features import flatten_rows
 from brainharness.metrics import top1_retrieval
+from brainharness.params import Param
+from brainharness.readout import RIDGE_PARAMS, RIDGE_SPACE, check_ridge, fit_ridge, voxel_source
 from brainharness.registry import register_task
 from brainharness.task import Task, TaskContext, TaskOutput, standardise
-from brainharness.tasks.encoding import RIDGE_PARAMS, RIDGE_SPACE, alpha_grid, fit_ridge
+
+DIRECTIONS = ("brain→image", "image→brain", "text→brain", "brain→text")
+
+
+def direction_name(name) -> str | None:
+    """Canonical retrieval direction (``brain→image`` …) of a table entry or score name
+    (``b2i``, ``brain_to_image``, ``top1_brain->image`` …); None if it names none."""
+    text = str(name).lower().replace("->", "→")
+    text = re.sub(r"[\s_-]to[\s_-]", "→", text)
+    text = re.sub(r"(?<=[a-z])2(?=[a-z])", "→", text)  # b2i, brain2image
+    abbrev = {"i": "image", "b": "brain", "t": "text", "img": "image", "txt": "text", "fmri": "brain"}
+    m = re.search(r"(?<![a-z])(image|brain|text|img|txt|fmri|[ibt])\s*→\s*(image|brain|text|img|txt|fmri|[ibt])(?![a-z])",
+                  text)
+    if not m:
+        return None
+    a, b = (abbrev.get(x, x) for x in m.groups())
+    return f"{a}→{b}" if a != b else None
+
+
+def chance_notes(records: list[dict]) -> list[str]:
+    """One note per direction and protocol: chance level, candidates, trials."""
+    protocols: dict[str, set] = {}
+    for record in records:
+        first: dict = {}
+        for row in (record.get("tables") or {}).get("retrieval") or []:
+            d = direction_name(row.get("direction", "")) if isinstance(row, dict) else None
+            if d is not None and d not in first:
+                first[d] = (row.get("n_candidates"), row.get("n_trials"), num(row.get("chance")))
+        for d, p in first.items():
+            protocols.setdefault(d, set()).add(p)
+    notes = []
+    for d in DIRECTIONS + tuple(sorted(set(protocols) - set(DIRECTIONS))):
+        for n_cand, n_trials, chance in sorted(protocols.get(d, ()), key=str):
+            chance_s = f"{chance:.4f}" if not math.isnan(chance) else MISSING
+            notes.append(f"{d}: chance = {chance_s} ({n_cand} candidates, {n_trials} trials)")
+    return notes
+
+
+RETRIEVAL_TABLE = Table(
+    name="retrieval", title="top-1 retrieval accuracy (mean ± half 95 % CI)",
+    description="brain→image: for each brain sample, is its own image the best of the candidates; "
+                "image→brain: for each image, is its own brain sample the best (seed 000 writes "
+                "X→Y for 'retrieve X given Y', so its I→B is brain→image here)",
+    columns=Intervals("retrieval", "direction", DIRECTIONS, direction_name), notes=chance_notes)
+"""Seed 000 Table 1: top-1 accuracy per direction, mean ± half 95 % CI (the CSV keeps mean /
+ci_low / ci_high as numbers); a note per direction gives chance and the protocol."""
 
 
 @register_task("retrieval")
 class RetrievalTask(Task):
     direction = "brain→image"
     main_score = "brain→image"
-    params = {**RIDGE_PARAMS, "alpha_min": 1e0, "layer": None, "roi": "nsdgeneral",
-              "n_candidates": 300, "n_trials": 30, "seed": 0}
+    layout = Layout(RETRIEVAL_TABLE)
+    params = {**RIDGE_PARAMS, "alpha_min": Param(1e0, gt=0, doc="smallest α of the log grid"),
+              "layer": Param(None, str, doc="backbone layer of the target embedding (null: the backbone's own)"),
+              "roi": Param("nsdgeneral", str, nullable=True, doc="voxels used (null: every voxel)"),
+              "n_candidates": Param(300, ge=2, doc="candidates per retrieval trial (MindEye-2: 300)"),
+              "n_trials": Param(30, ge=2, doc="random candidate sets averaged"),
+              "seed": Param(0, int, doc="seed of the candidate sets")}
     search_space = RIDGE_SPACE
 
-    def validate(self):
-        alpha_grid(self.p)
-        for k in ("n_candidates", "n_trials"):
-            if not isinstance(self.p[k], int) or self.p[k] < 2:
-                raise ConfigError(f"retrieval: {k} must be an integer ≥ 2, got {self.p[k]!r}")
+    def check(self, p):
+        check_ridge(self.owner(), p)
 
     def voxels(self, ctx: TaskContext) -> np.ndarray:
         roi = self.p["roi"]
@@ -53,8 +105,8 @@ class RetrievalTask(Task):
         B_fit, B_score = standardise(ctx.fit.averaged[:, mask], ctx.score.averaged[:, mask])
         # Brain → embedding: the voxels are the ridge features here, the embedding the targets.
         params = dict(self.p, standardize=False, pca=None)
-        model, pred = fit_ridge(params, ctx, B_fit, target_fit, B_score,
-                                ("retrieval", self.p["roi"], ctx.evaluated_on, len(B_fit)))
+        model, pred = fit_ridge(params, ctx, B_fit, target_fit, B_score, voxel_source(ctx, self.p["roi"]),
+                                ctx.fit.stim_ids)
         t2 = time.perf_counter()
         n = min(self.p["n_candidates"], len(pred))
         if n < self.p["n_candidates"]:

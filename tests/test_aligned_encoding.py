@@ -17,7 +17,8 @@ from brainharness.errors import ConfigError, DataError
 from brainharness.runner import Runner
 from brainharness.sweeps.study import Sweep, run_sweep
 from brainharness.sweeps.tables import stage_rows, to_csv, to_markdown
-from brainharness.tasks.aligned_encoding import read_text_file, stimulus_texts, trainable_names
+from brainharness.tasks.aligned_stage2 import trainable_names
+from brainharness.tasks.aligned_text import read_text_file, stimulus_texts
 
 pytest.importorskip("timm")
 pytest.importorskip("sentence_transformers")
@@ -162,24 +163,21 @@ def test_pca_voxel_mapping_and_stage_1_alone(tmp_path):
 
 
 def test_clip_text_tower_and_the_text_embedding_cache(tmp_path, monkeypatch):
-    from types import SimpleNamespace
-
-    from brainharness.tasks.aligned_encoding import _TEXT_MEMORY, _text_encoder, embed_texts
+    from brainharness.tasks.aligned_text import _TEXT_MEMORY, embed_texts, text_encoder
 
     pytest.importorskip("open_clip")
     spec = {"model": "tiny-vit", "weights": "random-init", "model_config": {
         "embed_dim": 24, "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 32, "head_width": 16, "layers": 1},
         "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}}
-    ctx = SimpleNamespace(device="cpu", features=SimpleNamespace(cache=SimpleNamespace(root=tmp_path / "features")))
     texts = [["a red ball", "a small red ball"], ["a face"], ["a face"]]
-    emb = embed_texts(texts, "clip", spec, ctx)
-    enc = _text_encoder("clip", spec, "cpu")
+    emb = embed_texts(texts, "clip", spec, "cpu", tmp_path)  # tmp_path: the cache root
+    enc = text_encoder("clip", spec, "cpu")
     single = enc.encode(["a red ball", "a small red ball", "a face"])
     assert emb.shape == (3, 24) and np.allclose(emb[0], single[:2].mean(0), atol=1e-5)
     assert np.allclose(emb[1], emb[2]) and (tmp_path / "text-embeddings" / f"{enc.key}.npz").is_file()
     _TEXT_MEMORY.clear()  # a new process: the texts come from the cache file, not the encoder
     monkeypatch.setattr(enc, "encode", lambda t: pytest.fail(f"re-encoded {t}"))
-    assert np.allclose(embed_texts(texts, "clip", spec, ctx), emb)
+    assert np.allclose(embed_texts(texts, "clip", spec, "cpu", tmp_path), emb)
 
 
 def test_lambda_grid_sweep_resumes_and_writes_table3(tmp_path, monkeypatch):
@@ -288,10 +286,9 @@ def test_bad_settings_fail_early(tmp_path):
     cfg["sweep"] = {"sampler": "grid", "space": {"lam": {"choices": LAMBDAS}}, "report": "brainharness.sweeps.tables:nope"}
     with pytest.raises(ConfigError, match="cannot be imported"):
         Sweep(Runner(cfg, progress=False))
-    runner = Runner(tiny_config(tmp_path, backbones=[{"name": "pixels", "size": 8}], tasks=[task_spec()]),
-                    progress=False)
-    with pytest.raises(ConfigError, match="needs the eva backbone"):
-        runner.run_unit("subj01", runner.cfg["backbones"][0], runner.cfg["tasks"][0], track=False)
+    with pytest.raises(ConfigError, match="needs a fine-tunable torch module with block read-outs from its backbone; "
+                                          "backbone 'pixels'"):
+        Runner(tiny_config(tmp_path, backbones=[{"name": "pixels", "size": 8}], tasks=[task_spec()]), progress=False)
     eva = Runner(config(tmp_path), progress=False).backbone(dict(EVA)).torch_model
     assert trainable_names(eva, [0, 2], [1], []) == [n for n, _ in eva.named_parameters() if n.startswith("blocks.1.")]
     with pytest.raises(ConfigError, match="matches no parameter"):

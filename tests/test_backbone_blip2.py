@@ -145,7 +145,7 @@ def test_metadata_and_layers_before_loading():
     (dict(weights="random-init", config=[1, 2]), "mapping"),
     (dict(weights="random-init", config=tiny(), layer="image_embeds"), "unknown layer"),
     (dict(weights="random-init", config=tiny(), readout="sum"), "readout"),
-    (dict(weights="random-init", config=tiny(), colour=1), "unknown option"),
+    (dict(weights="random-init", config=tiny(), colour=1), "backbone blip2: unknown parameter 'colour'"),
     (dict(weights="random-init", init_seed="0"), "init_seed"),
 ])
 def test_bad_options_fail_at_construction(kw, match):

@@ -187,7 +187,7 @@ def test_bad_options_fail_at_construction():
         Clip(weights="random-init", model_config={**TINY, "vision_cfg": {"widht": 3}})
     with pytest.raises(ConfigError, match="unknown layer 'blocks.2'"):
         Clip(weights="random-init", model_config=TINY, layer="blocks.2")
-    with pytest.raises(ConfigError, match="unknown option"):
+    with pytest.raises(ConfigError, match="backbone clip: unknown parameter 'pretrained'"):
         Clip(weights="random-init", model_config=TINY, pretrained="openai")
 
 

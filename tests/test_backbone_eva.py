@@ -236,7 +236,7 @@ def test_bad_options_fail_at_construction():
         tiny_eva(layer="blocks.4")
     with pytest.raises(ConfigError, match="preprocess"):
         tiny_eva(preprocess="opencv")
-    with pytest.raises(ConfigError, match="unknown option"):
+    with pytest.raises(ConfigError, match="backbone eva: unknown parameter 'pretrained'"):
         tiny_eva(pretrained="mim_in22k")
     with pytest.raises(ConfigError, match="no such local checkpoint"):
         tiny_eva(weights="local:/nonexistent/eva.pt")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from brainharness.metrics import captions as cm
+from brainharness.metrics import caption_embeddings, captions as cm
 from brainharness.errors import ConfigError, DataError, HarnessError
 
 cm.start_meteor_coco()  # as early as possible: the JVM loads in the background
@@ -61,7 +61,7 @@ def full(tiny_clip):
     """All metrics once; clip_b32 from a tiny random-init open_clip model, clip_l14 missing."""
     model, tok = tiny_clip
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(cm, "_clip_checkpoint", lambda spec: None)  # as on a machine without CLIP weights
+        mp.setattr(caption_embeddings, "_clip_checkpoint", lambda spec: None)  # as on a machine without CLIP weights
         with pytest.warns(RuntimeWarning, match="clip_l14 unavailable"):
             return cm.caption_scores(PREDS, REFS, device="cpu",
                                      clip_models={"clip_b32": cm.open_clip_text_encoder(model, tok)})
@@ -205,7 +205,7 @@ def test_clip_injected_encoder_and_missing_weights(full, tiny_clip):
 
 
 def test_missing_clip_strict_raises(monkeypatch):
-    monkeypatch.setattr(cm, "_clip_checkpoint", lambda spec: None)
+    monkeypatch.setattr(caption_embeddings, "_clip_checkpoint", lambda spec: None)
     with pytest.raises(HarnessError, match="clip_b32"):
         cm.caption_scores(["a dog"], [["a dog"]], metrics=("clip_b32",), strict=True)
 

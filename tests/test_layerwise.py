@@ -17,7 +17,7 @@ from brainharness.errors import ConfigError, HarnessError
 from brainharness.features import FeatureCache
 from brainharness.runner import Runner
 from brainharness.leaderboard import build_tables, write_leaderboard
-from brainharness.leaderboard.tables import BEST_LAYER_SECTION
+from brainharness.tasks.layerwise import BEST_LAYER_SECTION
 from brainharness.tasks.layerwise import resolve_layers
 from test_features import stimuli
 

@@ -7,10 +7,24 @@ import math
 import numpy as np
 import pytest
 
-from brainharness.results import ResultStore
+from dataclasses import replace
+
+from brainharness.layout import Layout
 from brainharness.leaderboard import build_tables, render_all_markdown, render_markdown, write_leaderboard
+from brainharness.registry import register_task
+from brainharness.results import ResultStore
+from brainharness.task import Task
+from brainharness.tasks.decoding_layout import DECODING_LAYOUT
 
 ROIS = ("V1", "V2", "V3", "hV4", "EBA", "FBA", "OFA", "FFA", "OPA", "PPA", "OWFA", "VWFA")
+
+
+@register_task("test-captioning")
+class CaptioningTask(Task):
+    """A task scored by one caption-metric row per record: seed 000 Table 2 columns, as the
+    decoding layout's captioning table declares them."""
+
+    layout = Layout(replace(DECODING_LAYOUT.tables[1], suffix=None, split=None, labels=()))
 
 
 def _weights(source, ident=None):
@@ -272,6 +286,7 @@ def test_generic_and_captioning_tasks(tmp_path):
     s = ResultStore(tmp_path / "r")
     rec = encoding_record("blip2", _weights("pretrained", "b"), 0.0, {})
     rec["key"]["task"] = "captioning"
+    rec["task"]["name"] = "test-captioning"  # the plugin whose layout the record gets
     rec["main_score"] = "meteor"
     rec["tables"] = {}
     rec["scores"] = {"meteor": 0.327, "rouge1": 0.467, "rougeL": 0.43, "sentence": 0.515, "clip_b32": 0.771,

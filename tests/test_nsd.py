@@ -8,7 +8,8 @@ import pytest
 from conftest import tiny_config
 from brainharness.data import Dataset, Responses, Subject
 from brainharness.errors import ConfigError, DataError
-from brainharness.datasets.nsd import NSD, drop_columns
+from brainharness.datasets.nsd import NSD
+from brainharness.datasets.nsd_common import drop_columns
 from brainharness.runner import Runner
 from nsd_layouts import (BETA, UNUSED_LABEL, build_nsd, coco_caption, independent_noise_ceiling, independent_zscored,
                          nsd_paths, write_session, write_volume)

@@ -22,6 +22,7 @@ import brainharness.tasks.decoding  # noqa: F401  (registers decoding)
 from brainharness.backbones import blip2_synthetic as captioner  # registers blip2-synthetic
 from brainharness.config import load_config
 from brainharness.errors import ConfigError, DataError, PluginNotFound
+from brainharness.params import defaults
 from brainharness.runner import Runner
 from brainharness.tasks import captioning as cap
 from brainharness.tasks.decoding import DecodingTask
@@ -131,7 +132,7 @@ def test_stage2_improves_text_retrieval_over_stage1():
     caps = [[CLASSES[c]] for c in labels]
     tr, va, te = np.arange(n_tr), np.arange(n_tr, n_tr + n_va), np.arange(n_tr + n_va, len(labels))
     ridge = RidgeCV(alphas=np.logspace(-1, 4, 6), device="cpu").fit(x[tr], y[tr])
-    p = {**STAGE2_PARAMS, "lr": 3e-3, "batch_size": 32, "max_epochs": 12, "patience": 4}
+    p = {**defaults(STAGE2_PARAMS), "lr": 3e-3, "batch_size": 32, "max_epochs": 12, "patience": 4}
     part = lambda rows: Paired(x[rows], y[rows], [caps[r] for r in rows])
     res = train_stage2(ridge.coef_.numpy(), ridge.intercept_.numpy(), (q, h), m, retr.tokenizer, part(tr), p,
                        val=part(va), seed=0, alphas=ridge.best_alphas_.numpy())
@@ -268,7 +269,7 @@ def test_ridge_penalty_makes_the_ridge_solution_the_mse_minimum():
     y = (x @ rng.standard_normal((30, q * h)) + 3 * rng.standard_normal((80, q * h))).astype(np.float32)
     ridge = RidgeCV(alphas=np.logspace(0, 4, 9), device="cpu", dtype=torch.float64).fit(x, y)
     assert ridge.best_alphas_.min() > 1  # a strongly regularised solution
-    p = {**STAGE2_PARAMS, "lambda_brain_text": 0.0, "lambda_image_text": 0.0}
+    p = {**defaults(STAGE2_PARAMS), "lambda_brain_text": 0.0, "lambda_image_text": 0.0}
     enc = retr.tokenizer(["a red ball"] * len(x), padding=True, return_tensors="pt", return_token_type_ids=False)
     penalty = (torch.as_tensor(ridge.best_alphas_.numpy(), dtype=torch.float32), len(x))
     norms = {}
@@ -292,7 +293,7 @@ def test_stage2_starts_as_the_zero_shot_stage1_reading(run):
     q, h = m.config.num_query_tokens, m.config.qformer_config.hidden_size
     rng = np.random.default_rng(0)
     coef, icpt = rng.standard_normal((5, q * h)).astype(np.float32), np.zeros(q * h, np.float32)
-    model = stage2_model_class()(coef, icpt, (q, h), m, STAGE2_PARAMS).eval()
+    model = stage2_model_class()(coef, icpt, (q, h), m, defaults(STAGE2_PARAMS)).eval()
     texts = ["a red ball on the left", "a face"]
     enc = retr.tokenizer(texts, padding=True, return_tensors="pt", return_token_type_ids=False)
     with torch.no_grad():
@@ -429,7 +430,7 @@ def test_tied_projection_is_blip2s_own_head():
     m = retr.model
     q, h = m.config.num_query_tokens, m.config.qformer_config.hidden_size
     rng = np.random.default_rng(0)
-    p = {**STAGE2_PARAMS, "projection_init": "tied"}
+    p = {**defaults(STAGE2_PARAMS), "projection_init": "tied"}
     model = stage2_model_class()(rng.standard_normal((5, q * h)).astype(np.float32), np.zeros(q * h, np.float32),
                                  (q, h), m, p)
     assert model.brain_projection is model.vision_projection and model.vision_projection is not m.vision_projection
@@ -449,5 +450,6 @@ def test_tied_projection_is_blip2s_own_head():
 def test_a_backbone_without_query_outputs_is_named(tmp_path):
     cfg = tiny_config(tmp_path, backbones=[{"name": "pixels", "size": 8}],
                       tasks=[{**DECODING, "retrieval_backbone": None}])
-    with pytest.raises(ConfigError, match="needs a BLIP-2 backbone whose layer holds its query outputs"):
-        Runner(cfg, progress=False).run()
+    with pytest.raises(ConfigError, match=r"needs Q-Former query tokens \(BLIP-2\) from its backbone; "
+                                          r"backbone 'pixels'"):
+        Runner(cfg, progress=False)  # refused when the config is read

@@ -13,8 +13,9 @@ import pytest
 from brainharness import registry
 from brainharness.errors import ConfigError, DataError
 from brainharness.metrics.noise_ceiling import ncsnr, noise_ceiling
-from brainharness.datasets.synthetic import (CATEGORY_FEATURE_NAMES, PRESENCE_COLUMNS, ROI_NAMES, SyntheticDataset,
-                               low_level_features, zscore_columns)
+from brainharness.datasets.synthetic import SyntheticDataset
+from brainharness.datasets.synthetic_responses import (CATEGORY_FEATURE_NAMES, PRESENCE_COLUMNS, ROI_NAMES,
+                                                       low_level_features, zscore_columns)
 
 # Medium: enough stimuli for a regression on all 224 generating features; several sessions.
 MEDIUM = dict(n_train=800, n_test=200, n_voxels=130, image_size=32, seed=3, trials_per_session=300)

@@ -14,7 +14,10 @@ from importlib import resources
 from pathlib import Path
 
 from brainharness import registry
+from brainharness.cache import SUBDIRS, cache_root
+from brainharness.capabilities import describe_provides
 from brainharness.errors import HarnessError
+from brainharness.params import param_lines
 
 
 def _demo_config() -> dict:
@@ -31,7 +34,11 @@ def cmd_list(args) -> int:
             meta = obj.describe()
         else:
             meta = {"doc": (obj.__doc__ or "").strip().split("\n")[0]}
+            if args.kind == "datasets":
+                meta["provides"] = describe_provides(getattr(obj, "provides", ()))
         print(name + "\t" + "\t".join(f"{k}={v}" for k, v in meta.items()))
+        for line in param_lines(getattr(obj, "params", None) or {}):  # name = default, type, doc
+            print(line)
     return 0
 
 
@@ -104,7 +111,7 @@ def cmd_cache(args) -> int:
     else:  # other cached artefacts (trained captioners, text embeddings, datasets …): whole folders
         import shutil
 
-        root = cache.root.parent
+        root = cache_root(args.cache_dir)
         parts = [p for p in sorted(root.iterdir()) if p.is_dir()] if args.part == "all" and root.exists() \
             else [root / args.part]
         for part in parts:
@@ -166,9 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("cache", help="inspect or clear the feature cache (clear PART: other cached artefacts)")
     s.add_argument("action", choices=["ls", "clear"])
     s.add_argument("part", nargs="?", default="features",
-                   choices=["features", "captioners", "text-embeddings", "datasets", "nltk_data", "all"],
+                   choices=[*SUBDIRS, "all"],
                    help="what `clear` removes (default: features; all = every folder of the cache)")
-    s.add_argument("--cache-dir")
+    s.add_argument("--cache-dir", help="cache root (default: $BRAINHARNESS_CACHE, else ~/.cache/brainharness)")
     s.set_defaults(fn=cmd_cache)
 
     s = sub.add_parser("data", help="inspect a dataset folder: layout found, sizes, problems")

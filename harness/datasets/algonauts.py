@@ -27,20 +27,23 @@ through an NSD layout's stimulus table and COCO files (``nsd_root`` / ``coco_ann
 """
 from __future__ import annotations
 
-import os
 import re
 import time
 from pathlib import Path
 
 import numpy as np
 
-from brainharness.data import Dataset, Responses, Stimuli, Subject
+from brainharness.cache import cache_root
+from brainharness.capabilities import CAPTIONS, ROI_MASKS, Offer
+from brainharness.data import Dataset, DatasetLoader, Responses, Stimuli, Subject
 from brainharness.errors import ConfigError, DataError
-from .nsd import (Layout, check_params, choice, coco_captions, drop_columns, existing_dir, finish_rois,
-                  finite_columns, gather, label_rois, load_npy, public_meta, short_hash, subject_list, subject_name,
-                  union_stimuli)
+from brainharness.params import PATH, Param
+from .nsd_common import (CACHE, CACHE_DIR, CAPTIONS_MODE, SUBJECT, drop_columns, existing_dir, finish_rois,
+                         finite_columns, gather, label_rois, load_npy, public_meta, root_param, short_hash,
+                         subject_name, union_stimuli)
+from .nsd_files import Layout, coco_captions
 from brainharness.registry import register_dataset
-from .subject_cache import cached_subject, file_signature, resolve_cache_dir
+from .subject_cache import cached_subject, file_signature
 
 HEMIS = ("lh", "rh")
 NAME_RE = re.compile(r"(train|test)-(\d+)_nsd-(\d+)\.png$")
@@ -96,8 +99,7 @@ class PngReader:
 
 
 @register_dataset("algonauts2023")
-@check_params
-class Algonauts2023:
+class Algonauts2023(DatasetLoader):
     """Algonauts 2023 challenge data: lh+rh challenge vertices, PNG images, held-out test part.
 
     Parameters: ``root``, ``subject`` (1–8, ``"subjNN"`` or a list),
@@ -106,33 +108,39 @@ class Algonauts2023:
     ``captions`` (``auto`` | ``required`` | ``none``), ``cache``, ``cache_dir``."""
 
     VERSION = "1"
-    accepts = ("root", "subject", "test_fraction", "split_seed", "noise_ceiling", "nsd_root", "coco_annotations",
-               "captions", "cache", "cache_dir")
+    # declared capabilities: no single trials in this layout; COCO captions come through an NSD layout
+    provides = (ROI_MASKS, Offer(CAPTIONS, lambda p: bool(p.get("nsd_root")) and p.get("captions") != "none",
+                                 "nsd_root and captions: auto or required"))
+    params = {
+        "root": root_param("the challenge data folder (subjNN/ inside)"),
+        "subject": SUBJECT,
+        "test_fraction": Param(0.1, gt=0, lt=1, doc="share of the training images held out as the test part"),
+        "split_seed": Param(0, ge=0, doc="seed of the held-out part"),
+        "noise_ceiling": Param(None, (*PATH, dict), check=lambda v: not isinstance(v, dict) or set(v) == set(HEMIS),
+                               expect="null, a path or {lh: path, rh: path}",
+                               doc="noise-ceiling file(s); {subject} and {hemi} are filled in"),
+        "nsd_root": Param(None, PATH, doc="an NSD official layout, for the COCO captions"),
+        "coco_annotations": Param(None, PATH, doc="folder with captions_{train,val}2017.json (null: under nsd_root)"),
+        "captions": CAPTIONS_MODE,
+        "cache": CACHE,
+        "cache_dir": CACHE_DIR,
+    }
 
-    def __init__(self, root=None, subject=1, test_fraction: float = 0.1, split_seed: int = 0, noise_ceiling=None,
-                 nsd_root=None, coco_annotations=None, captions: str = "auto", cache: bool = True, cache_dir=None):
-        self.root = existing_dir(root, "algonauts2023: root")
-        self.subjects = subject_list(subject)
-        if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) or not 0 < test_fraction < 1:
-            raise ConfigError(f"algonauts2023: test_fraction must be in (0, 1), got {test_fraction!r}")
-        if isinstance(split_seed, bool) or not isinstance(split_seed, int):
-            raise ConfigError(f"algonauts2023: split_seed must be an integer, got {split_seed!r}")
-        self.test_fraction, self.split_seed = float(test_fraction), split_seed
-        self.nc_spec = self._nc_spec(noise_ceiling)
-        self.nsd = Layout(existing_dir(nsd_root, "algonauts2023: nsd_root")) if nsd_root else None
-        self.annotations = Path(coco_annotations).expanduser() if coco_annotations else \
+    def check(self, p):
+        if p["noise_ceiling"] is not None and len(p["subject"]) > 1 and "{subject}" not in str(p["noise_ceiling"]):
+            raise ConfigError(f"{self.owner()}: with several subjects, put {{subject}} in the noise_ceiling path(s)")
+
+    def configure(self, p):
+        self.root = existing_dir(p["root"], "algonauts2023: root")
+        self.subjects = p["subject"]
+        self.test_fraction, self.split_seed = float(p["test_fraction"]), p["split_seed"]
+        self.nc_spec = p["noise_ceiling"]
+        self.nsd = Layout(existing_dir(p["nsd_root"], "algonauts2023: nsd_root")) if p["nsd_root"] else None
+        self.annotations = Path(p["coco_annotations"]).expanduser() if p["coco_annotations"] else \
             (self.nsd.annotations if self.nsd else None)
-        self.captions = choice("algonauts2023: captions", captions, ("auto", "required", "none"))
-        self.cache = bool(cache)
-        self.cache_dir = resolve_cache_dir(cache_dir)
-
-    def _nc_spec(self, spec):
-        if not (spec is None or isinstance(spec, (str, os.PathLike))
-                or (isinstance(spec, dict) and set(spec) == set(HEMIS))):
-            raise ConfigError(f"algonauts2023: noise_ceiling is a path or {{lh: path, rh: path}}, got {spec!r}")
-        if spec is not None and len(self.subjects) > 1 and "{subject}" not in str(spec):
-            raise ConfigError("algonauts2023: with several subjects, put {subject} in the noise_ceiling path(s)")
-        return spec
+        self.captions = p["captions"]
+        self.cache = p["cache"]
+        self.cache_dir = cache_root(p["cache_dir"])
 
     def nc_files(self, subj: int) -> list[Path]:
         """The noise-ceiling files of a subject: ``{subject}`` → subjNN, ``{hemi}`` → lh and rh."""

@@ -29,12 +29,18 @@ from pathlib import Path
 
 import numpy as np
 
-from brainharness.data import Dataset, Responses, Stimuli, Subject
-from brainharness.errors import ConfigError, DataError
-from .nsd import (NSD, VOXEL_BLOCK, Layout, check_params, choice, drop_columns, existing_dir, finite_columns, gather,
-                  load_npy, read_design, public_meta, short_hash, subject_list, subject_name, union_stimuli)
+from brainharness.cache import cache_root
+from brainharness.capabilities import CAPTIONS, SINGLE_TRIALS, Offer
+from brainharness.data import Dataset, DatasetLoader, Responses, Stimuli, Subject
+from brainharness.errors import DataError
+from brainharness.params import PATH, Param
+from .nsd import NSD
+from .nsd_common import (CACHE, CACHE_DIR, CAPTIONS_MODE, SUBJECT, VOXEL_BLOCK, drop_columns, existing_dir,
+                         finite_columns, gather, load_npy, public_meta, root_param, short_hash, subject_name,
+                         union_stimuli)
+from .nsd_files import Layout, read_design
 from brainharness.registry import register_dataset
-from .subject_cache import cached_subject, file_signature, resolve_cache_dir
+from .subject_cache import cached_subject, file_signature
 
 KINDS = ("fmriavg_nsdgeneral", "stim", "cap")
 POSITIONAL = 100_000
@@ -88,8 +94,7 @@ class NpyImageReader:
 
 
 @register_dataset("nsd-brain-diffuser")
-@check_params
-class BrainDiffuser:
+class BrainDiffuser(DatasetLoader):
     """NSD as preprocessed by brain-diffuser (processed_data/*.npy, repeat-averaged nsdgeneral voxels).
 
     Parameters: ``root``, ``subject`` (1–8, ``"subjNN"`` or a list), ``expdesign`` (path to ``nsd_expdesign.mat``; default found under ``root``/``trials_root``;
@@ -98,26 +103,36 @@ class BrainDiffuser:
     ``none``), ``cache``, ``cache_dir``."""
 
     VERSION = "1"
-    accepts = ("root", "subject", "expdesign", "trials_root", "trials_sessions", "beta_version", "captions",
-               "cache", "cache_dir")
+    # declared capabilities; the only ROI is nsdgeneral (all voxels), so no named ROI masks
+    provides = (Offer(SINGLE_TRIALS, lambda p: bool(p.get("trials_root")), "trials_root"),
+                Offer(CAPTIONS, lambda p: p.get("captions", "auto") != "none", "captions: auto or required"))
+    params = {
+        "root": root_param("brain-diffuser's data folder (with processed_data/) or processed_data itself"),
+        "subject": SUBJECT,
+        "expdesign": Param(None, (bool, *PATH), check=lambda v: v is not True,
+                           expect="null, false or a path to nsd_expdesign.mat",
+                           doc="nsd_expdesign.mat (null: found under root/trials_root; false: positional ids)"),
+        "trials_root": Param(None, PATH, doc="an NSD official layout: single trials for the noise ceiling"),
+        "trials_sessions": Param(37, ge=1, doc="sessions of single trials read (37, as brain-diffuser)"),
+        "beta_version": Param("betas_fithrf_GLMdenoise_RR", str, nonempty=True, doc="betas folder of the trials"),
+        "captions": CAPTIONS_MODE,
+        "cache": CACHE,
+        "cache_dir": CACHE_DIR,
+    }
 
-    def __init__(self, root=None, subject=1, expdesign=None, trials_root=None, trials_sessions: int = 37,
-                 beta_version: str = "betas_fithrf_GLMdenoise_RR", captions: str = "auto", cache: bool = True,
-                 cache_dir=None):
-        root = existing_dir(root, "nsd-brain-diffuser: root")
+    def configure(self, p):
+        root = existing_dir(p["root"], "nsd-brain-diffuser: root")
         # root is brain-diffuser's data folder (with processed_data/, maybe nsddata/) or processed_data itself
         self.root, self.processed = (root, root / "processed_data") if (root / "processed_data").is_dir() \
             else (root.parent, root)
-        self.subjects = subject_list(subject)
-        self.trials_root = existing_dir(trials_root, "nsd-brain-diffuser: trials_root") if trials_root else None
-        if isinstance(trials_sessions, bool) or not isinstance(trials_sessions, int) or trials_sessions < 1:
-            raise ConfigError(f"nsd-brain-diffuser: trials_sessions must be a positive integer, "
-                              f"got {trials_sessions!r}")
-        self.trials_sessions, self.beta_version = trials_sessions, beta_version
-        self.captions = choice("nsd-brain-diffuser: captions", captions, ("auto", "required", "none"))
-        self.design_path = self._design_path(expdesign)
-        self.cache = bool(cache)
-        self.cache_dir = resolve_cache_dir(cache_dir)
+        self.subjects = p["subject"]
+        self.trials_root = existing_dir(p["trials_root"], "nsd-brain-diffuser: trials_root") if p["trials_root"] \
+            else None
+        self.trials_sessions, self.beta_version = p["trials_sessions"], p["beta_version"]
+        self.captions = p["captions"]
+        self.design_path = self._design_path(p["expdesign"])
+        self.cache = p["cache"]
+        self.cache_dir = cache_root(p["cache_dir"])
 
     def _design_path(self, expdesign) -> Path | None:
         if expdesign is False:

@@ -32,21 +32,13 @@ from typing import Callable
 import h5py
 import numpy as np
 
+from brainharness.cache import cache_path
 from brainharness.data import Responses, Subject
-from brainharness.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 FORMAT = "brainharness-subject"
 FORMAT_VERSION = 1
-
-
-def resolve_cache_dir(cache_dir) -> Path:
-    from brainharness.features import default_cache_dir
-
-    if cache_dir is not None and not isinstance(cache_dir, (str, os.PathLike)):
-        raise ConfigError(f"cache_dir must be a path, got {cache_dir!r}")
-    return Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
 
 
 def file_signature(paths) -> list[list]:
@@ -136,7 +128,7 @@ def cached_subject(cache_dir: Path | None, layout: str, name: str, params: dict,
         subject, meta = build()
         return subject, meta, {"status": "disabled"}
     key, blob = subject_key(params, sources)
-    path = Path(cache_dir) / "datasets" / f"{layout}-{name}-{key}.h5"
+    path = cache_path("datasets", cache_dir) / f"{layout}-{name}-{key}.h5"
     if path.exists():
         try:
             subject, meta = load_subject(path)

@@ -36,7 +36,7 @@ def _ensure_nltk_data():
     except LookupError:
         pass
     # Offline: the harness builds an NLTK data folder from the system WordNet.
-    from brainharness.metrics.captions import prepare_nltk_data
+    from brainharness.metrics.caption_evaluate import prepare_nltk_data
 
     prepare_nltk_data()
 

@@ -1,0 +1,307 @@
+"""Results store → one numeric DataFrame per leaderboard table, following each task's layout.
+
+The leaderboard is built from the results store alone (:class:`brainharness.results.ResultStore`).
+Only records with ``status == "complete"`` and ``evaluated_on == "test"`` are used: sweep
+trials and other model-selection records (``evaluated_on == "validation"``) and failed runs
+never appear.
+
+Rules (each one is tested in ``tests/test_leaderboard.py``):
+
+* **Missing stays missing.** A metric a record does not have is ``NaN`` in the DataFrame,
+  empty in the CSV and ``—`` in Markdown / LaTeX / HTML. Nothing is filled, and no summary is
+  ever computed over a row or column with gaps (a whole-brain column is the record's own
+  whole-brain score, not an average of its ROI cells).
+* **Where the weights came from is a column** (``weights``: ``pretrained:<id>``, ``local``,
+  ``random-init``, ``none (no learned weights)``). Rows whose weights are ``random-init`` (or
+  whose weights source is unknown) are never ranked: they are listed in a separate
+  "Not ranked" section below the ranked table and have no rank. ``none`` means the backbone has
+  no learned weights at all (pixels, fixed baselines): that is a fixed, reproducible reference
+  point, so it *is* ranked. Reference rows a layout marks (ceilings, floors) are never ranked.
+* **Ranking** is by the table's main score (the ``main_score`` most of its records name), in
+  the layout's direction, within each dataset × subject (scores on different datasets or
+  subjects are not comparable). Ties share the lower rank. A ranked-weights row without a main
+  score gets no rank and sorts last.
+* **No silent duplicates.** Every row has an identity (dataset, subject, backbone, the layout's
+  row labels, weights, layer, readout, experiment, seed); experiment and seed are columns so two
+  experiments on one backbone stay distinguishable. If two rows still share an identity both
+  are kept and flagged, with their record paths shown.
+
+Which tables a record makes, their columns, titles, notes and plots come from the task's
+layout (:mod:`brainharness.layout`, found by :mod:`brainharness.leaderboard.layouts`).
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from brainharness.layout import DEFAULT_TABLE, Intervals, Row, Table, num, text
+from brainharness.results import ResultStore
+
+from .layouts import Layouts
+
+RANKED_SOURCES = ("pretrained", "local", "none")
+NOT_RANKED_REASONS = {"random-init": "random-init weights", None: "weights source unknown"}
+
+HEAD = ("dataset", "subject", "backbone")
+TAIL = ("weights", "layer", "readout", "experiment", "seed")
+ALWAYS_SHOWN = ("dataset", "subject", "backbone", "weights", "experiment", "seed")
+META = ("weights_source", "ranked", "not_ranked_reason", "flags", "record")
+
+
+def leaderboard_records(results_root: str | Path) -> list[dict]:
+    """The records the leaderboard uses: complete, scored on the test split, with a key."""
+    out = []
+    for record in ResultStore(results_root).records():
+        if record.get("status") != "complete" or record.get("evaluated_on") != "test":
+            continue
+        key = record.get("key")
+        if not isinstance(key, dict) or not key.get("task"):
+            continue
+        out.append(record)
+    return out
+
+
+def weights_info(record: dict) -> tuple[str | None, str]:
+    """``(source, readable label)`` of a record's weights."""
+    backbone = record.get("backbone") or {}
+    w = backbone.get("weights") if isinstance(backbone, dict) else None
+    if isinstance(w, str):
+        w = {"source": w}
+    w = w if isinstance(w, dict) else {}
+    source = w.get("source")
+    source = str(source).strip().lower() if source else None
+    ident = w.get("id")
+    revision = w.get("revision")
+    if source == "pretrained":
+        label = f"pretrained:{ident}" if ident else "pretrained"
+        if revision and str(revision) not in str(ident or ""):
+            label += f"@{revision}"
+    elif source == "local":
+        label = f"local:{os.path.basename(str(ident).rstrip('/'))}" if ident else "local"
+    elif source == "random-init":
+        label = "random-init"
+    elif source == "none":
+        label = "none (no learned weights)"
+    else:
+        key_w = (record.get("key") or {}).get("weights")
+        label = f"unknown ({key_w})" if key_w else "unknown"
+        source = None
+    return source, label
+
+
+def _identity(row: Row, labels: tuple[str, ...], root: Path) -> dict:
+    record = row.record
+    key = record["key"]
+    backbone = record.get("backbone") if isinstance(record.get("backbone"), dict) else {}
+    provenance = record.get("provenance") if isinstance(record.get("provenance"), dict) else {}
+    source, label = weights_info(record)
+    seed = provenance.get("seed")
+    try:
+        path = str(Path(record.get("_path", "")).resolve().relative_to(root.resolve()))
+    except ValueError:
+        path = str(record.get("_path", ""))
+    return {
+        "dataset": text(key.get("dataset")),
+        "subject": text(key.get("subject")),
+        "backbone": text(key.get("backbone") or backbone.get("name")),  # the label: oracle vs oracle-shuffled
+        **{c: text(row.labels.get(c)) for c in labels},  # rows split from one record (e.g. per stage)
+        "weights": label,
+        "layer": text(backbone.get("layer")),
+        "readout": text(backbone.get("readout")),
+        "experiment": text(key.get("experiment")),
+        "seed": int(seed) if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool) else math.nan,
+        "weights_source": source if source else math.nan,
+        "record": path,
+    }
+
+
+def _main_score_name(records: list[dict]) -> str | None:
+    names = Counter(str(r["main_score"]) for r in records if r.get("main_score"))
+    if not names:
+        return None
+    top = max(names.values())
+    return sorted(n for n, c in names.items() if c == top)[0]
+
+
+def _main_value(record: dict, name: str | None, row: dict, main_column: str | None) -> float:
+    if name is None:
+        return math.nan
+    value = num((record.get("scores") or {}).get(name))
+    if math.isnan(value) and main_column is not None:
+        value = num(row.get(main_column))
+    return value
+
+
+def _key_part(v):
+    return "\0nan" if isinstance(v, float) and math.isnan(v) else str(v)
+
+
+def _ranking(row: dict, ref: Row, table: Table) -> None:
+    source = row["weights_source"] if isinstance(row["weights_source"], str) else None
+    row["ranked"] = source in RANKED_SOURCES
+    row["not_ranked_reason"] = "" if row["ranked"] else NOT_RANKED_REASONS.get(source, NOT_RANKED_REASONS[None])
+    if row["ranked"] and ref.reference:
+        row["ranked"], row["not_ranked_reason"] = False, str(ref.reference)
+    if not table.ranked:  # e.g. generated text: nothing to rank
+        row["ranked"], row["not_ranked_reason"] = False, ""
+    if row["ranked"] and math.isnan(row["main_score"]):
+        row["_flags"].append("main score missing: not ranked")
+
+
+def _build_table(name: str, table: Table, items: list[Row], notes: list[str], root: Path) -> pd.DataFrame:
+    family = table.columns
+    main = _main_score_name([r.record for r in items])
+    labels = tuple(table.labels)
+    identity = HEAD + labels + TAIL
+    rows = []
+    seen: list[str] = []
+    side_seen: list[str] = []
+    side = table.side
+    for item in items:
+        record = item.record
+        row = _identity(item, labels, root)
+        values, flags = family.values(record)
+        if side is not None:
+            side_values, _ = side.columns.values(record)
+            side_values = {f"{c}{side.suffix}": v for c, v in side_values.items()}
+            row.update(side_values)
+            side_seen.extend(c for c in side_values if c not in side_seen)
+        if table.cells is not None:
+            row.update(table.cells(record))
+        if table.row_data is not None:
+            row["_row_data"] = table.row_data(record)
+        seen.extend(c for c in values if c not in seen)
+        row.update(values)
+        if record.get("main_score") and main and str(record["main_score"]) != main:
+            flags.append(f"record's own main score is {record['main_score']}")
+        row["_flags"] = list(flags)
+        rows.append(row)
+    value_cols = family.order(seen, main)
+
+    main_column = None  # where the main score is shown
+    if main is not None:
+        main_column = family.column_of(main, value_cols)
+        if main_column is None and main in value_cols:
+            main_column = main
+    for row, item in zip(rows, items):
+        row["main_score"] = _main_value(item.record, main, row, main_column)
+    if main is not None and main_column is None:
+        main_column = "main_score"
+    for row, item in zip(rows, items):
+        _ranking(row, item, table)
+
+    ident_cols = [c for c in identity if c in ALWAYS_SHOWN or any(isinstance(r[c], str) for r in rows)]
+    dup = Counter(tuple(_key_part(r[c]) for c in identity) for r in rows)
+    n_dups = 0
+    for row in rows:
+        if dup[tuple(_key_part(row[c]) for c in identity)] > 1:
+            row["_flags"].append("duplicate identity: see record column")
+            n_dups += 1
+    if n_dups:
+        notes.append(f"{n_dups} rows share their identity with another row; both are kept and flagged "
+                     "(the record column names each file).")
+    for row in rows:
+        row["flags"] = "; ".join(row.pop("_flags"))
+
+    df = pd.DataFrame(rows)
+    kinds = {c: family.kind(c) for c in value_cols}
+    for c in value_cols + ["main_score"]:
+        if c not in df:
+            df[c] = math.nan
+        if c == "main_score" or kinds[c] != "text":
+            df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
+    df["seed"] = pd.array(df["seed"].tolist(), dtype="Int64") if "seed" in df else pd.array([], dtype="Int64")
+    df = _sort_and_rank(df, table.higher_is_better)
+
+    side_cols: list[str] = []
+    if side is not None:
+        fixed = [f"{c}{side.suffix}" for c in side.columns.fixed()]
+        side_cols = fixed + sorted(set(side_seen) - set(fixed))
+        for c in side_cols:
+            if c not in df:
+                df[c] = math.nan
+    row_data = df["_row_data"].tolist() if "_row_data" in df else []  # row order, for per-row plots
+    df = df.drop(columns=[c for c in df.columns if c.startswith("_")])
+    df = df[["rank"] + ident_cols + value_cols + side_cols + list(META) + ["main_score"]]
+
+    notes.extend(table.notes([r.record for r in items]) if table.notes else [])
+    formats = {**kinds, "main_score": family.kind("main_score")}
+    if main_column == "main_score" and main and "nc_r2" in main:
+        formats["main_score"] = "pct"
+    interval = [c[: -len(" mean")] for c in value_cols if c.endswith(" mean")] if isinstance(family, Intervals) else []
+    df.attrs.update(
+        task=name, layout=table.name, title=table.title,
+        description=table.description[:1].upper() + table.description[1:], main_score=main,
+        main_column=main_column, value_columns=value_cols, identity_columns=ident_cols, label_columns=list(labels),
+        fixed_columns=family.fixed(), interval_groups=interval, formats=formats, notes=notes,
+        group_note="ranks restart within each dataset × subject" if
+        df[["dataset", "subject"]].astype(str).drop_duplicates().shape[0] > 1 else "",
+        ranked_table=table.ranked, ascending=not table.higher_is_better, unranked_title=table.unranked_title,
+        unranked_note=table.unranked_note, side_columns=side_cols,
+        side_title=side.title if side else "", side_suffix=side.suffix if side else "",
+        side_fixed=[f"{c}{side.suffix}" for c in side.columns.fixed()] if side else [],
+        plots=[(p.kind, dict(p.params)) for p in table.plots], row_data=row_data,
+    )
+    return df
+
+
+def _sort_and_rank(df: pd.DataFrame, higher_is_better: bool) -> pd.DataFrame:
+    """Order: ranked first, dataset, subject, main score best first (missing last), then
+    identity; ranks restart within each dataset × subject."""
+    df["_ds"] = df["dataset"].astype(str)
+    df["_sub"] = df["subject"].astype(str)
+    df["_unranked"] = (~df["ranked"]).astype(int)
+    df["_nomain"] = df["main_score"].isna().astype(int)
+    df["_neg"] = (-1 if higher_is_better else 1) * df["main_score"].fillna(0.0)
+    tie = [c for c in ("backbone", "weights", "layer", "readout", "experiment") if c in df]
+    for c in tie:
+        df[f"_t_{c}"] = df[c].astype(str)
+    df = df.sort_values(["_unranked", "_ds", "_sub", "_nomain", "_neg"] + [f"_t_{c}" for c in tie] + ["seed"],
+                        kind="mergesort", na_position="last").reset_index(drop=True)
+    rankable = df["ranked"] & df["main_score"].notna()
+    rank = pd.Series(pd.NA, index=df.index, dtype="Int64")
+    if rankable.any():
+        r = df[rankable].groupby(["_ds", "_sub"])["main_score"].rank(method="min", ascending=not higher_is_better)
+        rank.loc[r.index] = r.astype("int64").to_numpy()
+    df.insert(0, "rank", rank)
+    return df
+
+
+def build_tables(results_root: str | Path) -> dict[str, pd.DataFrame]:
+    """One numeric DataFrame per leaderboard table (NaN for missing cells), in ranked order.
+
+    Columns: ``rank`` (nullable int; empty for rows that are not ranked), the identity columns,
+    the layout's value columns (and side columns), then ``weights_source``, ``ranked``,
+    ``not_ranked_reason``, ``flags``, ``record`` and ``main_score`` (the value of the table's
+    main score). Layout metadata (title, main score, formats, notes, plots) is in ``df.attrs``.
+    """
+    root = Path(results_root)
+    layouts = Layouts()
+    groups: dict[str, tuple[Table, list[Row], list[str]]] = {}
+
+    def add(name: str, table: Table, rows: list[Row], note: str | None) -> None:
+        first, items, notes = groups.setdefault(name, (table, [], []))
+        if table != first:  # two task plugins under one label
+            note = f"records with different layouts share the name {name}: shown with the first one's layout"
+        if note and note not in notes:
+            notes.append(note)
+        items.extend(rows)
+
+    for record in leaderboard_records(root):
+        layout, note = layouts.of(record)
+        task = str(record["key"]["task"])
+        taken = False
+        for table in layout.tables:
+            rows = table.rows(record)
+            if rows:
+                add(table.table_name(task), table, rows, note)
+                taken = True
+        if not taken:  # no table of its layout takes it: never dropped silently
+            add(task, DEFAULT_TABLE, [Row(record)], note)
+    return {name: _build_table(name, table, items, notes, root)
+            for name, (table, items, notes) in sorted(groups.items())}

@@ -1,0 +1,141 @@
+"""A leaderboard table (:func:`brainharness.leaderboard.build.build_tables`) as display strings:
+formatted cells, the sections (ranked, then one per not-ranked reason, then a layout's side
+table), the ranking sentence and row labels. Shared by the text renderers and the plots."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from brainharness.layout import MISSING, PAIRED
+
+TEXT_COLUMNS = ("flags", "not_ranked_reason", "record")
+
+
+def fmt(value, kind: str) -> str:
+    if value is None or value is pd.NA:
+        return MISSING
+    if isinstance(value, (float, np.floating)):
+        if math.isnan(value):
+            return MISSING
+        if kind == "pct":
+            return f"{value:.1f}"
+        if kind == "int":
+            return f"{value:.0f}"
+        return f"{value:.3f}"
+    text = str(value)
+    return text if text else MISSING
+
+
+def display_columns(df: pd.DataFrame) -> list[str]:
+    a = df.attrs
+    cols = list(a.get("identity_columns") or [])
+    groups = a.get("interval_groups") or []
+    if groups:  # one display column per interval group: mean ± half CI
+        fixed = set(a.get("fixed_columns") or ())
+        cols += [g for g in groups if f"{g} mean" in fixed or df[f"{g} mean"].notna().any()]
+    else:
+        cols += [c for c in a.get("value_columns", []) if c in df]
+    if a.get("main_column") == "main_score":
+        cols.append("main_score")
+    if "flags" in df and (df["flags"].astype(str).str.len() > 0).any():
+        cols.append("flags")
+    if "flags" in df and df["flags"].astype(str).str.contains("duplicate identity").any():
+        cols.append("record")
+    return cols
+
+
+def cell(df: pd.DataFrame, i, col: str) -> str:
+    a = df.attrs
+    formats = a.get("formats", {})
+    if col in (a.get("interval_groups") or ()):
+        mean = df.at[i, f"{col} mean"]
+        lo, hi = df.at[i, f"{col} ci_low"], df.at[i, f"{col} ci_high"]
+        if pd.isna(mean):
+            return MISSING
+        text = f"{mean:.3f} ± {MISSING}" if pd.isna(lo) or pd.isna(hi) else f"{mean:.3f} ± {(hi - lo) / 2:.3f}"
+        if f"{col} delta" in df and not pd.isna(df.at[i, f"{col} delta"]):
+            d, dlo, dhi = (df.at[i, f"{col} {k}"] for k in PAIRED)
+            text += f" (Δ {d:+.3f} [{dlo:+.3f}, {dhi:+.3f}])"
+        return text
+    if col in TEXT_COLUMNS:
+        value = df.at[i, col]
+        return "" if pd.isna(value) else str(value)
+    return fmt(df.at[i, col], formats.get(col, "acc") if col in formats else "text")
+
+
+def header(df: pd.DataFrame, col: str) -> str:
+    if col == "main_score":
+        return f"main score ({df.attrs.get('main_score')})"
+    return col
+
+
+def text_header(df: pd.DataFrame, name: str) -> bool:
+    """Whether a header names a left-aligned text column (identity, flags, record)."""
+    return name in (df.attrs.get("identity_columns") or ()) or name in ("flags", "record")
+
+
+def sections(df: pd.DataFrame) -> list[tuple[str, list[str], list[list[str]]]]:
+    """``[(title, header, rows of display strings)]``: the ranked table, then one
+    "Not ranked: <reason>" section per reason, then the layout's side table. Ranked rows carry
+    the rank column. A table whose layout ranks nothing is one section."""
+    a = df.attrs
+    cols = display_columns(df)
+    if not a.get("ranked_table", True):
+        return [(a.get("unranked_title", "Rows"), [header(df, c) for c in cols],
+                 [[cell(df, i, c) for c in cols] for i in df.index])]
+    out = []
+    ranked = df[df["ranked"].astype(bool)] if len(df) else df
+    if len(ranked):
+        head = ["rank"] + [header(df, c) for c in cols]
+        body = [[fmt(r, "int") if not pd.isna(r) else MISSING for r in [ranked.at[i, "rank"]]]
+                + [cell(df, i, c) for c in cols] for i in ranked.index]
+        out.append(("Ranked", head, body))
+    rest = df[~df["ranked"].astype(bool)] if len(df) else df
+    for reason in dict.fromkeys(rest["not_ranked_reason"].tolist()) if len(rest) else ():
+        part = rest[rest["not_ranked_reason"] == reason]
+        body = [[cell(df, i, c) for c in cols] for i in part.index]
+        out.append((f"Not ranked: {reason}", [header(df, c) for c in cols], body))
+    fixed, suffix = set(a.get("side_fixed") or ()), a.get("side_suffix", "")
+    side = [c for c in a.get("side_columns") or [] if c in df and (c in fixed or df[c].notna().any())]
+    if side and len(df):
+        ident = list(a.get("identity_columns") or [])
+        head = ["rank"] + ident + [c.removesuffix(suffix) for c in side]
+        body = [[fmt(df.at[i, "rank"], "int") if df.at[i, "ranked"] else "not ranked"]
+                + [cell(df, i, c) for c in ident] + [fmt(df.at[i, c], "text") for c in side]
+                for i in df.index]
+        out.append((a.get("side_title", ""), head, body))
+    return out
+
+
+def ranking_sentence(df: pd.DataFrame, quote: str = "`") -> str:
+    a = df.attrs
+    main = a.get("main_score")
+    if not a.get("ranked_table", True):
+        return a.get("unranked_note", "Not ranked.")
+    if not main:
+        return "No main score is named in these records, so no row is ranked."
+    shown = a.get("main_column")
+    where = f" (column {shown})" if shown and shown != "main_score" else ""
+    extra = f"; {a['group_note']}" if a.get("group_note") else ""
+    order = "ascending" if a.get("ascending") else "descending"
+    return (f"Ranked by {quote}{main}{quote}{where}, {order}{extra}. Random-init weights are never ranked; "
+            f"'none' = a fixed baseline without learned weights (ranked). {MISSING} = not reported.")
+
+
+def row_label(df: pd.DataFrame, i) -> str:
+    """A row's short label for plots: backbone, the layout's row labels, weights, layer, …"""
+    parts = [str(df.at[i, "backbone"])]
+    parts += [str(df.at[i, c]) for c in df.attrs.get("label_columns") or () if c in df and not pd.isna(df.at[i, c])]
+    parts.append(str(df.at[i, "weights"]))
+    for col in ("layer", "readout"):
+        if col in df and not pd.isna(df.at[i, col]):
+            parts.append(f"{col} {df.at[i, col]}")
+    if "experiment" in df and not pd.isna(df.at[i, "experiment"]):
+        parts.append(str(df.at[i, "experiment"]))
+    if df[["dataset", "subject"]].astype(str).drop_duplicates().shape[0] > 1:
+        parts.append(f"{df.at[i, 'dataset']}/{df.at[i, 'subject']}")
+    if not pd.isna(df.at[i, "seed"]) and df["seed"].nunique(dropna=False) > 1:
+        parts.append(f"seed {df.at[i, 'seed']}")
+    return " · ".join(parts)
