@@ -87,7 +87,7 @@ from brainharness.capabilities import (IMAGE_FEATURES, IMAGE_TEXT_RETRIEVAL, QUE
                                        TEXT_FEATURES, Offer)
 from brainharness.errors import ConfigError, DataError, WeightsUnavailable
 from brainharness.features import apply_readout
-from brainharness.params import Param
+from brainharness.params import Param, check_value
 from brainharness.registry import register_backbone
 from brainharness.weights import first_line as _first_line
 from brainharness.weights import jsonable as _jsonable
@@ -155,10 +155,8 @@ class Blip2(Backbone):
     def _identify(model, weights, variant) -> tuple:
         """``(weights spec, model label, local folder or None, variant)`` from the options, without
         loading anything (a local folder's ``config.json`` names its variant)."""
-        if model is not None and (not isinstance(model, str) or not model):
-            raise ConfigError(f"blip2: model must be a Hugging Face hub id, got {model!r}")
-        if variant is not None and variant not in VARIANTS:
-            raise ConfigError(f"blip2: variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
+        for key, value in (("model", model), ("variant", variant)):  # also reached from raw config specs
+            check_value(Blip2.owner(), key, Blip2.params[key], value)
         spec = parse_weights(weights, model or (RETRIEVAL_ID if variant == "retrieval" else GENERATION_ID))
         # the label of the model: the hub id, the local folder's name, or (random-init) model or "custom"
         model_id = spec.id if spec.source == "pretrained" else (model or "custom")

@@ -176,6 +176,8 @@ class Param:
             return self.expect
         parts = self._parts(plural) or ["anything"]
         none_ok = self.nullable is True if plural else self.allows_none  # list items: only if declared
+        if none_ok and len(parts) == 1 and parts[0].startswith("one of "):
+            return parts[0] + " or null"
         return _join((["null"] if none_ok else []) + parts)
 
     def default_text(self) -> str:

@@ -22,6 +22,7 @@ SPEC = {
     "n": Param(10, ge=1),
     "cv": Param("gcv", (str, int), choices=("gcv", "loo"), ge=2),
     "mode": Param("a", choices=("a", "b")),
+    "variant": Param(None, str, choices=("x", "y")),
     "flag": Param(True),
     "roi": Param("all", str, nullable=True),
     "pca": Param(None, int, ge=1),
@@ -37,7 +38,7 @@ def resolve(**given):
 def test_defaults_values_and_order():
     p = resolve()
     assert list(p) == list(SPEC)
-    assert p == {"lr": 1e-4, "frac": 0.2, "thr": 10.0, "n": 10, "cv": "gcv", "mode": "a", "flag": True,
+    assert p == {"lr": 1e-4, "frac": 0.2, "thr": 10.0, "n": 10, "cv": "gcv", "mode": "a", "variant": None, "flag": True,
                  "roi": "all", "pca": None, "stages": [1, 2], "root": "/data"}
     p["stages"].append(3)  # a copy: the declared default is untouched
     assert SPEC["stages"].default == [1, 2] and defaults(SPEC)["stages"] == [1, 2] and "root" not in defaults(SPEC)
@@ -61,6 +62,7 @@ def test_numbers_are_kept_as_written():
     ({"cv": "kfold"}, "task t: cv must be 'gcv', 'loo' or an integer ≥ 2, got 'kfold'"),
     ({"cv": 1}, "task t: cv must be 'gcv', 'loo' or an integer ≥ 2, got 1"),
     ({"mode": "c"}, "task t: mode must be one of 'a', 'b', got 'c'"),
+    ({"variant": "z"}, "task t: variant must be one of 'x', 'y' or null, got 'z'"),
     ({"flag": "yes"}, "task t: flag must be true or false, got 'yes'"),
     ({"roi": 3}, "task t: roi must be null or a string, got 3"),
     ({"pca": 0}, "task t: pca must be null or an integer ≥ 1, got 0"),
@@ -68,7 +70,8 @@ def test_numbers_are_kept_as_written():
     ({"stages": []}, "task t: stages must be a non-empty list of values among 1, 2, got []"),
     ({"root": None}, "task t: root must be a path, got None"),
     ({"lrr": 1}, "task t: unknown parameter 'lrr'; did you mean 'lr'?"),
-    ({"zzz": 1}, "task t: unknown parameter 'zzz' (parameters: lr, frac, thr, n, cv, mode, flag, roi, pca, stages, root)"),
+    ({"zzz": 1}, "task t: unknown parameter 'zzz' (parameters: lr, frac, thr, n, cv, mode, variant, flag, roi, pca, "
+                 "stages, root)"),
 ])
 def test_bad_values_are_one_line(given, message):
     with pytest.raises(ConfigError) as e:
@@ -139,7 +142,8 @@ def test_cli_rejects_bad_parameters_in_one_line_before_any_work(tmp_path, case, 
     elif case == "range":
         cfg["dataset"]["noise_fraction"] = 1.5
     else:
-        cfg["backbones"][0].update({"backbone": {"sise": 4}, "type": {"half": "yes"}, "choice": {"readout": "sum"}}[case])
+        change = {"backbone": {"sise": 4}, "type": {"half": "yes"}, "choice": {"readout": "sum"}}[case]
+        cfg["backbones"][0].update(change)
     proc = run_cli(tmp_path, cfg)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip() == f"brainharness: error: {needle}"
