@@ -8,9 +8,10 @@ declared — and a one-line summary for messages and ``brainharness list``.
 
 Declarations are class-level, so a config is checked before anything is loaded or built:
 
-* a backbone class lists what it provides in ``provides`` (:attr:`brainharness.backbone.Backbone.provides`),
-  a dataset loader class in ``provides`` too; an entry may hold only for some parameters:
-  ``Offer(CAPTION_GENERATOR, when=lambda p: ..., condition="variant: generation")``;
+* a backbone class (:class:`brainharness.backbone.Backbone`) and a dataset loader class
+  (:class:`brainharness.data.DatasetLoader`) list what they provide in ``provides``; an entry may
+  hold only for some parameters: ``Offer(QUERY_CAPTIONER, when=lambda p: ...,
+  condition="variant: generation")``, evaluated by the class method ``provides_for(params)``;
 * a task class lists what it needs in ``needs``: a bare capability is needed from the unit's
   backbone (a backbone capability) or from the dataset (a dataset capability);
   ``Need(cap, role="retrieval_backbone")`` needs it from the backbone spec held in that task
@@ -225,7 +226,7 @@ def describe_provides(declared: Sequence) -> str:
 
 
 def describe_needs(declared: Sequence) -> str:
-    """``backbone: fine_tunable; dataset: captions [with text_source: captions]`` for listings."""
+    """``backbone: query_tokens; retrieval_backbone: image_text_retrieval [with …]`` for listings."""
     groups: dict[str, list[str]] = {}
     for n in needs_of(declared):
         groups.setdefault(n.source, []).append(n.capability.name + (f" [{n.condition}]" if n.condition else ""))
@@ -259,12 +260,8 @@ class _Party:
     def of(cls, kind: str, spec: dict) -> "_Party":
         plugin = (registry.backbones if kind == "backbone" else registry.datasets).get(spec["name"])
         params = {k: v for k, v in spec.items() if k not in ("name", "label")}
-        if kind == "backbone":
-            declared, offered = tuple(plugin.provides), plugin.provides_for(params)
-        else:  # dataset loaders have no base class: an undeclared loader provides no dataset capability
-            declared = tuple(getattr(plugin, "provides", ()))
-            offered = provided(declared, params)
-        return cls(kind, spec.get("label") or spec["name"], spec["name"], frozenset(offered), declared)
+        return cls(kind, spec.get("label") or spec["name"], spec["name"], frozenset(plugin.provides_for(params)),
+                   tuple(plugin.provides))
 
     def lacks(self, capability: Capability) -> str | None:
         """``None`` when provided, else why not: ``""`` or ``" (only with …)"``."""

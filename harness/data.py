@@ -8,10 +8,11 @@ trials (with the stimulus id of each trial) kept for the noise ceiling.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Callable, ClassVar, Mapping
 
 import numpy as np
 
+from .capabilities import provided
 from .errors import DataError
 from .params import Configurable
 
@@ -147,10 +148,18 @@ class DatasetLoader(Configurable):
     them in :meth:`configure` (cheap: nothing is read there), read the data in :meth:`load`."""
 
     kind = "dataset"
+    # What the loaded data holds (brainharness.capabilities: captions, descriptions, single trials,
+    # ROI masks), or Offer(cap, when=..., condition=...) where it depends on the parameters.
+    provides: ClassVar[tuple] = ()
 
     def __init__(self, **params):
         self.p = self.resolve(params)  # every key declared, typed and checked (brainharness.params)
         self.configure(self.p)
+
+    @classmethod
+    def provides_for(cls, params: dict) -> frozenset:
+        """The capabilities of a loader configured with ``params`` (class-level: nothing is read)."""
+        return provided(cls.provides, params)
 
     def configure(self, p: dict) -> None:
         """Take the resolved parameters ``p``; raise ConfigError/DataError on what they name."""

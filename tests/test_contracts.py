@@ -123,9 +123,7 @@ def test_blip2_capabilities_follow_the_variant(tmp_path):
 
 def test_dataset_declarations_follow_their_parameters():
     def offered(name, **params):
-        from brainharness.capabilities import provided
-
-        return provided(registry.datasets.get(name).provides, params)
+        return registry.datasets.get(name).provides_for(params)
 
     assert offered("synthetic") == {CAPTIONS, DESCRIPTIONS, SINGLE_TRIALS, ROI_MASKS}
     assert offered("nsd") == {CAPTIONS, SINGLE_TRIALS, ROI_MASKS}

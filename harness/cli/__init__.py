@@ -35,7 +35,7 @@ def cmd_list(args) -> int:
         else:
             meta = {"doc": (obj.__doc__ or "").strip().split("\n")[0]}
             if args.kind == "datasets":
-                meta["provides"] = describe_provides(getattr(obj, "provides", ()))
+                meta["provides"] = describe_provides(obj.provides)
         print(name + "\t" + "\t".join(f"{k}={v}" for k, v in meta.items()))
         for line in param_lines(getattr(obj, "params", None) or {}):  # name = default, type, doc
             print(line)
