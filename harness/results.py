@@ -78,6 +78,38 @@ def _json_default(o):
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
+_FIELD_TYPES = {"key": dict, "status": str, "evaluated_on": str, "scores": dict, "tables": dict,
+                "backbone": dict, "task": dict, "dataset": dict, "provenance": dict}
+
+
+def validate_record(record: dict, where: str = "result record") -> dict:
+    """Check a record's shape (on write and on read); raises DataError naming the first problem."""
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: not a JSON object")
+    if not str(record.get("schema", "")).startswith("brainharness.result/"):
+        raise DataError(f"{where}: not a brainharness result record (schema {record.get('schema')!r})")
+    required = ("key", "status", "evaluated_on", "task", "dataset", "provenance")
+    for name in required + (("scores", "tables", "backbone") if record.get("status") == "complete" else ()):
+        if not isinstance(record.get(name), _FIELD_TYPES[name]):
+            raise DataError(f"{where}: field {name!r} must be a {_FIELD_TYPES[name].__name__}, "
+                            f"got {type(record.get(name)).__name__}")
+    missing = [f for f in KEY_FIELDS if not record["key"].get(f)]
+    if missing:
+        raise DataError(f"{where}: key lacks {', '.join(missing)}")
+    if record["status"] not in ("complete", "failed"):
+        raise DataError(f"{where}: status must be complete or failed, got {record['status']!r}")
+    if record["evaluated_on"] not in ("test", "validation"):
+        raise DataError(f"{where}: evaluated_on must be test or validation, got {record['evaluated_on']!r}")
+    if record["status"] == "complete":
+        main = record.get("main_score")
+        if main not in record["scores"]:
+            raise DataError(f"{where}: main score {main!r} is not among its scores")
+        for name, rows in record["tables"].items():
+            if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+                raise DataError(f"{where}: table {name!r} must be a list of rows (objects)")
+    return record
+
+
 class ResultStore:
     def __init__(self, root: str | Path):
         self.root = Path(root)

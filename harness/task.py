@@ -84,6 +84,10 @@ class Task(Configurable):
     params: ClassVar[dict[str, Param]] = {}  # name → Param(default, type, range, doc)
     search_space: ClassVar[dict[str, dict]] = {}  # default sweep ranges (Optuna specs)
     layout: ClassVar[Layout] = DEFAULT_LAYOUT  # its leaderboard tables (brainharness.layout)
+    # The smallest complete unit of this task, run by the shared task conformance suite on tiny
+    # synthetic data: {"backbone": {name: ..., ...}, <task parameter>: value, ...}. Brain-Score style,
+    # the plugin carries its own test case; a task without one fails the suite.
+    example: ClassVar[dict | None] = None
     registry_name: ClassVar[str] = ""
 
     def __init__(self, **params):

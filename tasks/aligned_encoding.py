@@ -94,6 +94,10 @@ def _text_source(value: str) -> bool:
 class AlignedEncodingTask(Task):
     direction = "image→brain"
     layout = Layout(ENCODING_TABLE)  # the final stage's per-ROI scores, as seed 003 Table 13
+    example = {"backbone": {"name": "eva", "weights": "random-init", "readout": "mean",
+                            "model_kwargs": {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 4,
+                                             "num_heads": 2}},
+               "lr": 1e-3, "max_epochs": 1, "patience": 1, "num_threads": 1}
     needs = (FINE_TUNABLE,  # stage 2 texts: the dataset's captions or descriptions (or a file)
              Need(CAPTIONS, when=lambda p: p["stage"] != "1" and p["text_source"] == "captions",
                   condition="with stage 2 on text_source: captions"),

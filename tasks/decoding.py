@@ -88,6 +88,18 @@ RETRIEVAL_SPEC = {"name": "blip2", "model": "Salesforce/blip2-itm-vit-g", "weigh
 GENERATE = ("max_new_tokens", "num_beams")
 
 
+# A one-layer BLIP-2 trained for a few steps on synthetic scenes (cached): the conformance example's captioner.
+TINY_CAPTIONER = {
+    "config": {"num_query_tokens": 4, "image_text_hidden_size": 32,
+               "vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                                 "image_size": 32, "patch_size": 8},
+               "qformer_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                                  "encoder_hidden_size": 32, "vocab_size": 512},
+               "text_config": {"hidden_size": 32, "word_embed_proj_dim": 32, "ffn_dim": 64, "num_hidden_layers": 1,
+                               "vocab_size": 512}},
+    "corpus": {"image_size": 32}, "train": {"steps": 10, "vision_steps": 10, "batch_size": 8}}
+
+
 @register_task("decoding")
 class DecodingTask(RetrievalTask):
     direction = "brain→image, brain→text"
@@ -101,6 +113,10 @@ class DecodingTask(RetrievalTask):
              Need(ROI_MASKS, when=lambda p: bool(p["roi_captions"]), condition="with roi_captions"))
     main_score = "meteor"
     layout = DECODING_LAYOUT  # Tables 1–3 of seed 000 (brainharness.tasks.decoding_layout)
+    example = {"backbone": {"name": "blip2-synthetic", **TINY_CAPTIONER},
+               "retrieval_backbone": {"name": "blip2-synthetic", "variant": "retrieval", **TINY_CAPTIONER},
+               "n_candidates": 50, "n_trials": 2, "text_trials": 2, "max_epochs": 1, "patience": 1,
+               "caption_metrics": ["rouge1"], "max_new_tokens": 6, "num_threads": 1, "examples": 1}
     params: ClassVar[dict] = {
         **RetrievalTask.params,
         "text_trials": Param(50, ge=2, doc="candidate sets of the text ↔ brain retrieval"),

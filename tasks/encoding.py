@@ -31,6 +31,7 @@ class EncodingTask(Task):
     direction = "image→brain"
     main_score = "median_nc_r2"
     layout = Layout(ENCODING_TABLE)
+    example = {"backbone": {"name": "pixels", "size": 8}}
     params = {**RIDGE_PARAMS,
               "layer": Param(None, str, doc="backbone layer to read out (null: the backbone's own layer)"),
               "nc_threshold": NC_THRESHOLD,

@@ -149,6 +149,7 @@ class LayerwiseEncodingTask(Task):
     direction = "image→brain"
     main_score = "median_nc_r2"
     layout = Layout(LAYERWISE_TABLE)
+    example = {"backbone": {"name": "oracle"}, "layers": ["mix.*", "low"]}
     params = {**RIDGE_PARAMS,
               "layers": Param("every", (str, list), items=Param(type=str), nonempty=True, nullable=True,
                               expect="'every', a glob or a non-empty list of layer names/globs",

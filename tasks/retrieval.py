@@ -73,6 +73,7 @@ class RetrievalTask(Task):
     direction = "brain→image"
     main_score = "brain→image"
     layout = Layout(RETRIEVAL_TABLE)
+    example = {"backbone": {"name": "pixels", "size": 8}, "n_candidates": 50, "n_trials": 3}
     params = {**RIDGE_PARAMS, "alpha_min": Param(1e0, gt=0, doc="smallest α of the log grid"),
               "layer": Param(None, str, doc="backbone layer of the target embedding (null: the backbone's own)"),
               "roi": Param("nsdgeneral", str, nullable=True, doc="voxels used (null: every voxel)"),

@@ -12,6 +12,7 @@ from importlib import resources
 from brainharness import registry
 from brainharness.features import FeatureCache
 from brainharness.datasets.synthetic import SyntheticDataset
+from brainharness.tasks.decoding import TINY_CAPTIONER
 
 
 def _demo_specs() -> dict:
@@ -28,15 +29,7 @@ SPECS = _demo_specs()
 SPECS.setdefault("eva", {"weights": "random-init",
                          "model_kwargs": {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2,
                                           "num_heads": 2}})
-SPECS.setdefault("blip2-synthetic", {  # a captioner trained for a few steps (cached after the first run)
-    "config": {"num_query_tokens": 4, "image_text_hidden_size": 32,
-               "vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-                                 "image_size": 32, "patch_size": 8},
-               "qformer_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-                                  "encoder_hidden_size": 32, "vocab_size": 512},
-               "text_config": {"hidden_size": 32, "word_embed_proj_dim": 32, "ffn_dim": 64, "num_hidden_layers": 1,
-                               "vocab_size": 512}},
-    "corpus": {"image_size": 32}, "train": {"steps": 10, "vision_steps": 10, "batch_size": 8}})
+SPECS.setdefault("blip2-synthetic", TINY_CAPTIONER)  # trained for a few steps (cached after the first run)
 NAMES = registry.backbones.names()
 
 

@@ -51,3 +51,24 @@ def test_foreign_json_ignored(tmp_path):
     store = ResultStore(tmp_path)
     store.save({"key": KEY, "status": "complete"})
     assert [r["key"] for r in store.records()] == [KEY]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"status": "done"}, "status must be complete or failed"),
+    ({"evaluated_on": "train"}, "evaluated_on must be test or validation"),
+    ({"main_score": "nope"}, "main score 'nope' is not among its scores"),
+    ({"scores": [1.0]}, "field 'scores' must be a dict"),
+    ({"tables": {"per_roi": {"V1": 1}}}, "table 'per_roi' must be a list of rows"),
+    ({"key": {**KEY, "subject": ""}}, "key lacks subject"),
+    ({"schema": "other/1"}, "not a brainharness result record"),
+])
+def test_validate_record_names_the_problem(change, message):
+    from brainharness.errors import DataError
+    from brainharness.results import SCHEMA, validate_record
+
+    good = {"schema": SCHEMA, "key": KEY, "status": "complete", "evaluated_on": "test", "main_score": "x",
+            "scores": {"x": 1.0}, "tables": {"per_roi": [{"roi": "V1"}]}, "backbone": {}, "task": {},
+            "dataset": {}, "provenance": {}}
+    assert validate_record(dict(good)) == good
+    with pytest.raises(DataError, match=message):
+        validate_record({**good, **change})

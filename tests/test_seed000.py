@@ -25,15 +25,9 @@ from brainharness.errors import ConfigError, DataError, PluginNotFound
 from brainharness.params import defaults
 from brainharness.runner import Runner
 from brainharness.tasks import captioning as cap
-from brainharness.tasks.decoding import DecodingTask
+from brainharness.tasks.decoding import TINY_CAPTIONER, DecodingTask
 
-TINY = {"num_query_tokens": 4, "image_text_hidden_size": 32,
-        "vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "image_size": 32,
-                          "patch_size": 8},
-        "qformer_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-                           "encoder_hidden_size": 32, "vocab_size": 512},
-        "text_config": {"hidden_size": 32, "word_embed_proj_dim": 32, "ffn_dim": 64, "num_hidden_layers": 1,
-                        "vocab_size": 512}}
+TINY = TINY_CAPTIONER["config"]
 CAPTIONER = {"config": TINY, "corpus": {"image_size": 32},
              "train": {"steps": 40, "vision_steps": 20, "batch_size": 16, "lr": 5e-3}}
 N_CANDIDATES = 100
