@@ -108,3 +108,11 @@ def test_only_the_brainharness_namespace_is_importable():
         # from a neutral folder: the repository root itself is not on the path of an installed user
         proc = subprocess.run([sys.executable, "-c", f"import {generic}"], cwd="/", capture_output=True, text=True)
         assert proc.returncode != 0 and "No module named" in proc.stderr, generic
+
+
+def test_every_top_level_api_name_resolves():
+    import brainharness
+
+    resolved = {name: getattr(brainharness, name) for name in brainharness.__all__}
+    assert resolved["noise_ceiling"].__module__ == "brainharness.metrics.noise_ceiling"
+    assert all(getattr(obj, "__name__", name) == name for name, obj in resolved.items())

@@ -205,5 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("brainharness: interrupted (completed results are kept; re-run to resume)", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `brainharness list tasks | head`: the reader left, nothing is wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
