@@ -116,3 +116,22 @@ def test_every_top_level_api_name_resolves():
     resolved = {name: getattr(brainharness, name) for name in brainharness.__all__}
     assert resolved["noise_ceiling"].__module__ == "brainharness.metrics.noise_ceiling"
     assert all(getattr(obj, "__name__", name) == name for name, obj in resolved.items())
+
+
+def test_the_wheel_installs_only_the_brainharness_namespace(tmp_path):
+    import zipfile
+
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                           "--no-index", "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (wheel,) = tmp_path.glob("brainharness-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {n.split("/")[0] for n in names} == {"brainharness", wheel.name.split("-")[0] + "-" +
+                                                wheel.name.split("-")[1] + ".dist-info"}
+    for needed in ("brainharness/tasks/encoding.py", "brainharness/datasets/nsd.py", "brainharness/cli/__init__.py",
+                   "brainharness/configs/demo.yaml", "brainharness/metrics/metric_modules/meteor/meteor.py"):
+        assert needed in names
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    text = zipfile.ZipFile(wheel).read(entry_points).decode()
+    targets = [line.split("=", 1)[1].strip() for line in text.splitlines() if "=" in line]
+    assert targets and all(t.startswith("brainharness.") for t in targets)
