@@ -1,8 +1,9 @@
 """Baseline backbones: the synthetic oracle, raw pixels, and a fixed random projection.
 
 They anchor every leaderboard: ``oracle`` is the ceiling the harness must reach on the
-synthetic data (and its ``shuffle_seed`` variant the floor), ``pixels`` and
-``random-features`` are what any learned backbone has to beat.
+synthetic data (and its ``shuffle_seed`` variant the floor) — both declare themselves controls
+(:meth:`Oracle.control`), listed as reference rows and never ranked — while ``pixels`` and
+``random-features`` are ranked baselines that any learned backbone has to beat.
 """
 from __future__ import annotations
 
@@ -55,6 +56,11 @@ class Oracle(Backbone):
 
     def describe_instance(self):
         return {**super().describe_instance(), "shuffle_seed": self.shuffle_seed}
+
+    @classmethod
+    def control(cls, params):
+        """Never a competitor: the generating features are the ceiling; shuffled, the floor."""
+        return "ceiling" if params.get("shuffle_seed") is None else "shuffled floor"
 
     @staticmethod
     def _table(stimuli, name: str) -> np.ndarray:

@@ -10,6 +10,7 @@ or tag, with revision), ``"local"`` (a path), ``"random-init"`` (asked for expli
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from typing import ClassVar
@@ -55,7 +56,8 @@ class Backbone(Configurable):
     modalities: ClassVar[tuple[str, ...]] = ("image",)
     layers_doc: ClassVar[str] = ""  # human-readable list of readable layers for listings
     default_weights: ClassVar[str] = "none"
-    version: ClassVar[str] = "1"  # bump when the plugin's numbers change: part of the cache key
+    version: ClassVar[str] = "1"  # bump when the plugin's numbers change: part of the cache key and result id
+    runtime_params: ClassVar[tuple[str, ...]] = ("device", "batch_size", "cache_dir")  # not in the result id
     registry_name: ClassVar[str] = ""
     # What instances provide (brainharness.capabilities): capabilities, or Offer(cap, when=..., condition=...)
     # for those that depend on the parameters. Checked against the tasks' needs before anything is built.
@@ -139,9 +141,18 @@ class Backbone(Configurable):
             return torch.autocast("cuda", dtype=torch.float16)
         return contextlib.nullcontext()
 
+    @classmethod
+    def control(cls, params: Mapping) -> str | None:
+        """What a backbone built from ``params`` is when it is a control rather than a competitor:
+        a short kind such as ``"ceiling"`` or ``"shuffled floor"``; None (the default) for a
+        competitor. Class-level, from the (config or resolved) parameters, so a reader can ask it
+        of a stored record without building anything. Recorded in ``record["backbone"]["control"]``;
+        the leaderboard lists a control as a reference row, never ranked."""
+        return None
+
     def describe_instance(self) -> dict:
         return {"name": self.registry_name, "family": self.family, "weights": self.weights_info(),
-                "layer": self.layer, "readout": self.readout}
+                "layer": self.layer, "readout": self.readout, "control": type(self).control(self.p)}
 
     # -- running ----------------------------------------------------------------------
     def setup(self) -> None:

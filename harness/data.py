@@ -148,6 +148,13 @@ class DatasetLoader(Configurable):
     them in :meth:`configure` (cheap: nothing is read there), read the data in :meth:`load`."""
 
     kind = "dataset"
+    # Part of every result's identity: bump it when the loader's numbers change for the same
+    # parameters and source files (a fix in reading, scaling, z-scoring, splitting …); every
+    # result on its data then becomes a new result. Built-ins keep it equal to their VERSION.
+    version: ClassVar[str] = "1"
+    runtime_params: ClassVar[tuple[str, ...]] = ("cache", "cache_dir")
+    # ``Dataset.info["source_signature"]`` (set by loaders that read files: a digest of their source
+    # files' paths, sizes and modification times) is part of the identity too.
     # What the loaded data holds (brainharness.capabilities: captions, descriptions, single trials,
     # ROI masks), or Offer(cap, when=..., condition=...) where it depends on the parameters.
     provides: ClassVar[tuple] = ()

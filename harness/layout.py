@@ -304,7 +304,11 @@ class Table:
     the split rows add. ``ranked`` False: nothing in the table is ranked (shown as one section
     ``unranked_title``, with ``unranked_note`` as its ranking sentence). ``notes(records)``: extra
     notes from the table's row records. ``cells(record)``: identity cells to override (e.g. a
-    layer range). ``row_data(record)``: per-row data for ``row_heatmaps`` plots."""
+    layer range). ``row_data(record)``: per-row data for ``row_heatmaps`` plots.
+    ``levels(records, main)``: reference levels of the main score that no row competes with
+    (e.g. chance), ``[(label, value)]`` from the row records of one dataset variant × subject;
+    drawn as lines on its bar plot (reference rows — controls — are declared by the backbone or
+    by :attr:`Row.reference`, not here)."""
 
     suffix: str | None = None
     name: str = "generic"
@@ -320,6 +324,7 @@ class Table:
     notes: Callable[[list[dict]], list[str]] | None = None
     cells: Callable[[dict], dict] | None = None
     row_data: Callable[[dict], Any] | None = None
+    levels: Callable[[list[dict], str | None], list[tuple[str, float]]] | None = None
     side: Side | None = None
     plots: tuple[Plot, ...] = (Plot("bars"),)
 

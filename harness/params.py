@@ -274,6 +274,9 @@ class Configurable:
     kind: ClassVar[str] = "plugin"
     params: ClassVar[dict[str, Param]] = {}
     registry_name: ClassVar[str] = ""
+    # Parameters that change how or where the plugin runs, never its numbers (device, batch size,
+    # cache folders): left out of a result's identity (brainharness.identity). Everything else is in it.
+    runtime_params: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def owner(cls) -> str:

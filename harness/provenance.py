@@ -47,6 +47,27 @@ def code_identity() -> dict:
     return info
 
 
+def device_used(requested) -> str:
+    """The device a requested one (``auto``, ``cuda`` …) resolves to here: ``cpu``, ``cuda:0`` …"""
+    import torch
+
+    from .ridge import resolve_device
+
+    device = resolve_device(requested)
+    if device.type == "cuda" and device.index is None:
+        return f"cuda:{torch.cuda.current_device()}"
+    return str(device)
+
+
+def precision_used(backbone) -> dict:
+    """The numeric precision actually used: the backbone's (fp16 autocast on CUDA when ``half``,
+    else fp32) and the ridge read-out's (work and eigensolver dtypes)."""
+    from .ridge import DTYPE, EIG_DTYPE
+
+    return {"backbone": backbone.precision(), "ridge": str(DTYPE).removeprefix("torch."),
+            "ridge_eigensolver": str(EIG_DTYPE).removeprefix("torch.")}
+
+
 def environment(device: str) -> dict:
     return {"packages": package_versions(), "code": code_identity(), "host": platform.node(),
             "python": platform.python_version(), "device": device,

@@ -25,6 +25,8 @@ import torch
 from .errors import ConfigError, DataError
 
 DEFAULT_ALPHAS = tuple(float(a) for a in np.logspace(-2, 7, 10))
+DTYPE = torch.float32  # fits, predictions and per-α errors (recorded in results' provenance)
+EIG_DTYPE = torch.float64  # Gram matrix and eigensolver (see Decomposition.of)
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -70,7 +72,7 @@ class Decomposition:
 
     @classmethod
     def of(cls, X, *, fit_intercept: bool = True, solver: str = "auto", device=None,
-           dtype=torch.float32, eig_dtype=torch.float64, keep_gram: bool = False) -> "Decomposition":
+           dtype=DTYPE, eig_dtype=EIG_DTYPE, keep_gram: bool = False) -> "Decomposition":
         device = resolve_device(device)
         X = _as_tensor(X, device, dtype)
         if X.ndim != 2:
@@ -122,7 +124,7 @@ class RidgeCV:
     """
 
     def __init__(self, alphas=DEFAULT_ALPHAS, cv="gcv", fit_intercept=True, solver="auto",
-                 target_batch: int | None = 4096, device="auto", dtype=torch.float32):
+                 target_batch: int | None = 4096, device="auto", dtype=DTYPE):
         self.alphas = alphas
         self.cv = cv
         self.fit_intercept = fit_intercept

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -19,7 +21,9 @@ from .errors import ConfigError, HarnessError
 from .cache import cache_root
 from .capabilities import check_config
 from .features import FeatureCache
-from .provenance import environment
+from .identity import (backbone_identity, dataset_identity, dataset_variant, result_identity, selection_identity,
+                       task_identity, weights_label)
+from .provenance import device_used, environment, precision_used
 from .results import ResultStore
 from .task import Task, TaskContext, selection_split, validation_noise_ceiling
 from .tracking import log_result
@@ -27,18 +31,20 @@ from .tracking import log_result
 log = logging.getLogger(__name__)
 
 
-def weights_label(info: dict) -> str:
-    """Short, stable label of a weights spec for result keys and leaderboard rows."""
-    source = info.get("source") or "none"
-    if source in ("none", "random-init"):
-        return source
-    ident = str(info.get("id") or "")
-    rev = info.get("revision")
-    return f"{source}:{ident}" + (f"@{rev}" if rev else "")
-
-
 def _label(spec: dict) -> str:
     return spec.get("label") or spec["name"]
+
+
+@dataclass
+class UnitOutcome:
+    """What one unit of :meth:`Runner.run` came to: ``ran``, ``up to date`` (an existing record
+    with the same identity was kept) or ``failed`` (``error``: one line)."""
+
+    key: dict
+    status: str
+    record: dict | None
+    path: Path
+    error: str | None = None
 
 
 class Runner:
@@ -59,6 +65,9 @@ class Runner:
         self._dataset: Dataset | None = None
         self._loader = self._dataset_loader()  # its parameters are checked now; data is read on first use
         self._backbones: dict[str, Backbone] = {}
+        self._data_identity: tuple[dict, str] | None = None
+        self._bb_identity: dict[str, tuple[dict, str]] = {}
+        self.outcomes: list[UnitOutcome] = []
         for spec in self.cfg["backbones"]:
             self.backbone(spec)
 
@@ -99,26 +108,76 @@ class Runner:
             self.dataset.subject(s)  # raises with the available names
         return list(wanted)
 
-    def key(self, subject: str, bspec: dict, tspec: dict, experiment: str | None = None) -> dict:
-        return {"dataset": self.dataset.name, "subject": subject, "backbone": _label(bspec),
-                "weights": weights_label(self.backbone(bspec).weights_info()), "task": _label(tspec),
-                "experiment": experiment or self.cfg["experiment"]}
+    # -- identity (brainharness.identity) ------------------------------------------------
+    def data_identity(self) -> tuple[dict, str]:
+        """``(payload, readable variant label)`` of the dataset (loads it on first use)."""
+        if self._data_identity is None:
+            self._data_identity = (dataset_identity(self._loader, self.dataset),
+                                   dataset_variant(self._loader, self.dataset.name))
+        return self._data_identity
+
+    def _backbone_identity(self, bspec: dict) -> tuple[dict, str]:
+        label = _label(bspec)
+        if label not in self._bb_identity:  # computed once: local weights are digested from their files
+            backbone = self.backbone(bspec)
+            self._bb_identity[label] = (backbone_identity(backbone), weights_label(backbone.weights_info()))
+        return self._bb_identity[label]
+
+    def identify(self, subject: str, bspec: dict, tspec: dict, experiment: str | None = None, *,
+                 overrides: dict | None = None, evaluated_on: str = "test",
+                 validation_fraction: float = 0.2) -> tuple[dict, dict]:
+        """``(key, identity payload)`` of a unit: the readable key fields, ``id`` (hash of the
+        payload) and ``data_id`` (hash of its dataset part)."""
+        experiment = experiment or self.cfg["experiment"]
+        bb_identity, weights = self._backbone_identity(bspec)
+        payload, rid, data_id = result_identity(
+            dataset=self.data_identity()[0], subject=subject, backbone=bb_identity,
+            task=task_identity(self.task(tspec, overrides)),
+            selection=selection_identity(evaluated_on, self.cfg["seed"], validation_fraction),
+            labels={"experiment": experiment, "backbone": _label(bspec), "task": _label(tspec)})
+        key = {"dataset": self.dataset.name, "subject": subject, "backbone": _label(bspec), "weights": weights,
+               "task": _label(tspec), "experiment": experiment, "id": rid, "data_id": data_id}
+        return key, payload
+
+    def key(self, subject: str, bspec: dict, tspec: dict, experiment: str | None = None, **how) -> dict:
+        """The record key of a unit (``how``: ``overrides``, ``evaluated_on``, ``validation_fraction``
+        as :meth:`run_unit` takes them)."""
+        return self.identify(subject, bspec, tspec, experiment, **how)[0]
 
     # -- running ----------------------------------------------------------------------
-    def run(self) -> list[dict]:
-        """Every unit of the config, honouring the re-run policy; returns the records."""
+    def run(self, on_unit: Callable[[UnitOutcome], None] | None = None) -> list[dict]:
+        """Every unit of the config, honouring the re-run policy; returns the complete records (ran
+        or up to date). A failed unit does not stop the others; ``on_unit`` hears each unit's
+        :class:`UnitOutcome` as it ends, and ``self.outcomes`` keeps them (failures with their line)."""
         from tqdm.auto import tqdm
 
         units = [(s, b, t) for s in self.subjects() for b in self.cfg["backbones"] for t in self.cfg["tasks"]]
-        records = []
+        self.outcomes = []
         for subject, bspec, tspec in tqdm(units, desc=self.cfg["experiment"], disable=not self.progress):
-            key = self.key(subject, bspec, tspec)
-            if not self.store.should_run(key, self.cfg["policy"]):
-                log.info("kept existing result %s", self.store.path_for(key))
-                records.append(self.store.load(key))
-                continue
-            records.append(self.run_unit(subject, bspec, tspec))
-        return records
+            outcome = self._run_one(subject, bspec, tspec)
+            self.outcomes.append(outcome)
+            if on_unit is not None:
+                on_unit(outcome)
+        return [o.record for o in self.outcomes if o.record is not None]
+
+    def _run_one(self, subject: str, bspec: dict, tspec: dict) -> UnitOutcome:
+        key = self.key(subject, bspec, tspec)
+        path = self.store.path_for(key)
+        if not self.store.should_run(key, self.cfg["policy"]):
+            record = self.store.load(key)
+            if record is not None and record.get("status") == "complete":
+                log.info("kept existing result %s", path)
+                record["_path"] = str(path)
+                return UnitOutcome(key, "up to date", record, path)
+            error = ((record or {}).get("error") or "").strip() or "no complete record"
+            return UnitOutcome(key, "failed", None, path, error.splitlines()[0])
+        try:
+            return UnitOutcome(key, "ran", self.run_unit(subject, bspec, tspec), path)
+        except Exception as e:  # the unit failed (its record says so); the other units still run
+            log.info("unit %s failed", path, exc_info=True)  # the traceback with --debug
+            first = (str(e).strip().splitlines() or [""])[0]
+            line = first if isinstance(e, HarnessError) and first else f"{type(e).__name__}: {first}".rstrip(": ")
+            return UnitOutcome(key, "failed", None, path, line)
 
     def run_unit(self, subject_name: str, bspec: dict, tspec: dict, *, evaluated_on: str = "test",
                  overrides: dict | None = None, validation_fraction: float = 0.2, experiment: str | None = None,
@@ -142,31 +201,37 @@ class Runner:
             universe = subject.train.stim_ids
         else:
             raise ConfigError(f"evaluated_on must be 'test' or 'validation', got {evaluated_on!r}")
-        key = self.key(subject_name, bspec, tspec, experiment)
+        key, identity = self.identify(subject_name, bspec, tspec, experiment, overrides=overrides,
+                                      evaluated_on=evaluated_on, validation_fraction=validation_fraction)
+        variant = self.data_identity()[1]
         features = _FeatureView(self.cache, backbone, self.dataset.stimuli, universe, self.progress)
         ctx = TaskContext(subject_name, self.dataset.stimuli, fit, score, subject.rois, nc, nc_source,
                           evaluated_on, features, backbone, seed, self.cfg["device"], self.progress,
                           memo if memo is not None else {}, self.cache_dir)
         base = {
-            "key": key, "evaluated_on": evaluated_on,
+            "key": key, "identity": identity, "evaluated_on": evaluated_on,
             "backbone": {**backbone.describe_instance(), "spec": bspec},
             "task": {"name": tspec["name"], "label": _label(tspec), "params": task.p, "direction": task.direction},
-            "dataset": {"name": self.dataset.name, "info": self.dataset.info, "subject": subject_name,
+            "dataset": {"name": self.dataset.name, "id": key["data_id"], "variant": variant,
+                        "info": self.dataset.info, "subject": subject_name,
                         "n_fit_images": len(fit.stim_ids), "n_scored_images": len(score.stim_ids),
                         "n_voxels": subject.n_voxels, "noise_ceiling": nc_source},
-            "provenance": {"seed": seed, "config": self.cfg, **environment(str(self.cfg["device"]))},
+            # the device and precision actually used ("auto" resolved); the config keeps the request
+            "provenance": {"seed": seed, "config": self.cfg, **environment(device_used(self.cfg["device"])),
+                           "device_requested": self.cfg["device"], "backbone_device": device_used(backbone.device),
+                           "precision": precision_used(backbone)},
             **(extra or {}),
         }
         try:
             out = task.run(ctx)
-        except Exception as e:
+            record = {**base, "status": "complete", "main_score": out.main_score, "scores": out.scores,
+                      "tables": out.tables, "details": out.extras.get("details", {}),
+                      "features": features.info,
+                      "timings": {**out.extras.get("timings", {}), "total_s": time.perf_counter() - start}}
+            path = self.store.save(record, out.per_voxel)  # validated first: an invalid record fails the unit
+        except Exception as e:  # kept beside a complete record of the same key, never over it
             self.store.save({**base, "status": "failed", "error": f"{type(e).__name__}: {e}"})
             raise
-        record = {**base, "status": "complete", "main_score": out.main_score, "scores": out.scores,
-                  "tables": out.tables, "details": out.extras.get("details", {}),
-                  "features": features.info,
-                  "timings": {**out.extras.get("timings", {}), "total_s": time.perf_counter() - start}}
-        path = self.store.save(record, out.per_voxel)
         record = self.store.read(path)
         if track:
             tracking = log_result(record, path, self.cfg["tracking"]["wandb"], Path(self.cfg["results_dir"]) / "wandb",

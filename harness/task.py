@@ -74,6 +74,7 @@ class Task(Configurable):
     hyper-parameter), implement :meth:`run`; rules across parameters go in :meth:`check`."""
 
     kind: ClassVar[str] = "task"
+    version: ClassVar[str] = "1"  # bump when the task's numbers change for the same parameters: part of the result id
 
     direction: ClassVar[str] = ""  # e.g. "image→brain"
     # What the task needs (brainharness.capabilities): a capability — from the unit's backbone or the
@@ -125,9 +126,42 @@ def validation_noise_ceiling(train: Responses, val: Responses) -> tuple[np.ndarr
     return noise_ceiling(snr, val.repeats()), "estimated from training-split single trials (NSD formula)"
 
 
-def standardise(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
-    """z-score columns with the training rows' statistics (constant columns → 0)."""
+def single_row_columns(train: np.ndarray) -> np.ndarray:
+    """Columns whose training rows all hold one value except at most one row (n ≥ 3; bool per column).
+
+    Such a column is, up to scale and offset, the indicator of one training row: next to the
+    intercept its coefficient is set by that row's residual alone (leverage 1), so it memorises
+    one image and says nothing about how the response varies with the feature. The shared value
+    is row 0's or, if row 0 is the odd one, row 1's — two vectorised comparisons."""
+    if len(train) < 3:
+        return np.zeros(train.shape[1:], dtype=bool)
+    return np.minimum((train != train[0]).sum(0), (train != train[1]).sum(0)) <= 1
+
+
+def column_scale(train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The training rows' column means and sds (ddof 0), sd = inf where a column is treated as
+    constant — every row then standardises to 0: sd exactly 0, or :func:`single_row_columns`."""
     mu = train.mean(0)
     sd = train.std(0)
-    sd = np.where(sd > 0, sd, 1)
-    return [((a - mu) / sd).astype(np.float32) for a in (train, *others)]
+    return mu, np.where((sd == 0) | single_row_columns(train), np.inf, sd)
+
+
+def standardise(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
+    """z-score columns with the training rows' statistics → float32 arrays, robust to near-constant columns.
+
+    Ordinary columns give exactly ``(x - mean) / sd``. Two rules guard degenerate ones:
+
+    - a column constant on the training rows, or constant but for a single row
+      (:func:`single_row_columns`), is treated as constant: 0 in every row, training and others.
+      scikit-learn's StandardScaler only guards sds at floating-point zero: a ReLU unit active
+      in one of 1500 training images at 1e-5 gets sd ≈ 2.6e-7, a test value of 0.1 becomes
+      z ≈ 4·10⁵, and that one value swamps every voxel's prediction for its image.
+    - values of ``others`` are clipped to ±√(n−1) (n training rows): by Samuelson's inequality no
+      training row can lie further from the mean in sd units, whatever the column's distribution,
+      so the clip only touches values beyond anything the fit could have seen (|z| > 38.7 at
+      n = 1500) — in practice sparse columns active in a few training rows, not dense features.
+    """
+    mu, sd = column_scale(train)
+    bound = float(np.sqrt(max(len(train) - 1, 1)))
+    return [((train - mu) / sd).astype(np.float32)] + [
+        np.clip((a - mu) / sd, -bound, bound).astype(np.float32) for a in others]

@@ -5,7 +5,7 @@ Only records with ``status == "complete"`` and ``evaluated_on == "test"`` are us
 trials and other model-selection records (``evaluated_on == "validation"``) and failed runs
 never appear.
 
-Rules (each one is tested in ``tests/test_leaderboard.py``):
+Rules (each one is tested in ``tests/test_leaderboard.py`` and ``tests/test_leaderboard_groups.py``):
 
 * **Missing stays missing.** A metric a record does not have is ``NaN`` in the DataFrame,
   empty in the CSV and ``—`` in Markdown / LaTeX / HTML. Nothing is filled, and no summary is
@@ -16,15 +16,24 @@ Rules (each one is tested in ``tests/test_leaderboard.py``):
   whose weights source is unknown) are never ranked: they are listed in a separate
   "Not ranked" section below the ranked table and have no rank. ``none`` means the backbone has
   no learned weights at all (pixels, fixed baselines): that is a fixed, reproducible reference
-  point, so it *is* ranked. Reference rows a layout marks (ceilings, floors) are never ranked.
+  point, so it *is* ranked.
+* **Controls are reference rows, never ranked**: a backbone that declares itself a control
+  (``record["backbone"]["control"]``, e.g. the oracle ceiling and its shuffled floor) and the
+  rows a layout marks as references (:attr:`brainharness.layout.Row.reference`: a true-image
+  caption, a shuffled-brain floor, chance). They are listed with their reason (``reference``
+  True, ``not_ranked_reason``); levels such as chance are lines on the plots
+  (:attr:`brainharness.layout.Table.levels`).
+* **Dataset variants are never pooled.** A row's dataset variant is the dataset's name plus the
+  parameters that change its data (:mod:`brainharness.leaderboard.identity`): ``dataset
+  variant`` (readable) and ``data_id`` columns. Rows are shown one block per variant.
 * **Ranking** is by the table's main score (the ``main_score`` most of its records name), in
-  the layout's direction, within each dataset × subject (scores on different datasets or
+  the layout's direction, within each dataset variant × subject (scores on different data or
   subjects are not comparable). Ties share the lower rank. A ranked-weights row without a main
   score gets no rank and sorts last.
-* **No silent duplicates.** Every row has an identity (dataset, subject, backbone, the layout's
-  row labels, weights, layer, readout, experiment, seed); experiment and seed are columns so two
-  experiments on one backbone stay distinguishable. If two rows still share an identity both
-  are kept and flagged, with their record paths shown.
+* **No silent duplicates.** Every row has an identity (dataset, variant, subject, backbone, the
+  layout's row labels, weights, layer, readout, experiment, seed); experiment and seed are
+  columns so two experiments on one backbone stay distinguishable. If two rows still share an
+  identity both are kept and flagged, with their record paths shown.
 
 Which tables a record makes, their columns, titles, notes and plots come from the task's
 layout (:mod:`brainharness.layout`, found by :mod:`brainharness.leaderboard.layouts`).
@@ -42,21 +51,24 @@ import pandas as pd
 from brainharness.layout import DEFAULT_TABLE, Intervals, Row, Table, num, text
 from brainharness.results import ResultStore
 
+from .identity import control_of, dataset_variant
 from .layouts import Layouts
 
 RANKED_SOURCES = ("pretrained", "local", "none")
 NOT_RANKED_REASONS = {"random-init": "random-init weights", None: "weights source unknown"}
 
-HEAD = ("dataset", "subject", "backbone")
+VARIANT = "dataset variant"
+HEAD = ("dataset", VARIANT, "subject", "backbone")
 TAIL = ("weights", "layer", "readout", "experiment", "seed")
-ALWAYS_SHOWN = ("dataset", "subject", "backbone", "weights", "experiment", "seed")
-META = ("weights_source", "ranked", "not_ranked_reason", "flags", "record")
+ALWAYS_SHOWN = ("dataset", VARIANT, "subject", "backbone", "weights", "experiment", "seed")
+META = ("data_id", "weights_source", "ranked", "reference", "not_ranked_reason", "flags", "record")
 
 
-def leaderboard_records(results_root: str | Path) -> list[dict]:
-    """The records the leaderboard uses: complete, scored on the test split, with a key."""
+def leaderboard_records(results_root: str | Path, problems: list | None = None) -> list[dict]:
+    """The records the leaderboard uses: complete, scored on the test split, with a key.
+    Broken records and corrupt sidecars are appended to ``problems`` (logged without a list)."""
     out = []
-    for record in ResultStore(results_root).records():
+    for record in ResultStore(results_root).records(errors=problems, verify=True):
         if record.get("status") != "complete" or record.get("evaluated_on") != "test":
             continue
         key = record.get("key")
@@ -100,6 +112,7 @@ def _identity(row: Row, labels: tuple[str, ...], root: Path) -> dict:
     backbone = record.get("backbone") if isinstance(record.get("backbone"), dict) else {}
     provenance = record.get("provenance") if isinstance(record.get("provenance"), dict) else {}
     source, label = weights_info(record)
+    variant = dataset_variant(record)
     seed = provenance.get("seed")
     try:
         path = str(Path(record.get("_path", "")).resolve().relative_to(root.resolve()))
@@ -107,6 +120,7 @@ def _identity(row: Row, labels: tuple[str, ...], root: Path) -> dict:
         path = str(record.get("_path", ""))
     return {
         "dataset": text(key.get("dataset")),
+        VARIANT: variant.label,  # made unique per data_id within the table by _variant_labels
         "subject": text(key.get("subject")),
         "backbone": text(key.get("backbone") or backbone.get("name")),  # the label: oracle vs oracle-shuffled
         **{c: text(row.labels.get(c)) for c in labels},  # rows split from one record (e.g. per stage)
@@ -117,7 +131,21 @@ def _identity(row: Row, labels: tuple[str, ...], root: Path) -> dict:
         "seed": int(seed) if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool) else math.nan,
         "weights_source": source if source else math.nan,
         "record": path,
+        "data_id": variant.id,
+        "_control": control_of(record),
     }
+
+
+def _variant_labels(rows: list[dict]) -> None:
+    """One label per data_id (its first, sorted); two variants of a dataset whose labels read the
+    same get their id appended, so a label never names two variants."""
+    first: dict[str, tuple[str, str]] = {}
+    for row in sorted(rows, key=lambda r: (r["data_id"], r[VARIANT])):
+        first.setdefault(row["data_id"], (str(row["dataset"]), row[VARIANT]))
+    shared = Counter(first.values())
+    for row in rows:
+        name, label = first[row["data_id"]]
+        row[VARIANT] = f"{label} [{row['data_id'].removeprefix('info-')[:8]}]" if shared[(name, label)] > 1 else label
 
 
 def _main_score_name(records: list[dict]) -> str | None:
@@ -145,8 +173,11 @@ def _ranking(row: dict, ref: Row, table: Table) -> None:
     source = row["weights_source"] if isinstance(row["weights_source"], str) else None
     row["ranked"] = source in RANKED_SOURCES
     row["not_ranked_reason"] = "" if row["ranked"] else NOT_RANKED_REASONS.get(source, NOT_RANKED_REASONS[None])
-    if row["ranked"] and ref.reference:
-        row["ranked"], row["not_ranked_reason"] = False, str(ref.reference)
+    control = row.pop("_control")
+    reference = ref.reference or (f"control: {control}" if control else None)
+    row["reference"] = bool(reference) and table.ranked
+    if row["reference"]:  # a reference whatever its weights: listed with its reason, never ranked
+        row["ranked"], row["not_ranked_reason"] = False, str(reference)
     if not table.ranked:  # e.g. generated text: nothing to rank
         row["ranked"], row["not_ranked_reason"] = False, ""
     if row["ranked"] and math.isnan(row["main_score"]):
@@ -181,6 +212,7 @@ def _build_table(name: str, table: Table, items: list[Row], notes: list[str], ro
             flags.append(f"record's own main score is {record['main_score']}")
         row["_flags"] = list(flags)
         rows.append(row)
+    _variant_labels(rows)
     value_cols = family.order(seen, main)
 
     main_column = None  # where the main score is shown
@@ -217,6 +249,7 @@ def _build_table(name: str, table: Table, items: list[Row], notes: list[str], ro
             df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
     df["seed"] = pd.array(df["seed"].tolist(), dtype="Int64") if "seed" in df else pd.array([], dtype="Int64")
     df = _sort_and_rank(df, table.higher_is_better)
+    levels = _levels(table, main, rows, items)
 
     side_cols: list[str] = []
     if side is not None:
@@ -239,8 +272,9 @@ def _build_table(name: str, table: Table, items: list[Row], notes: list[str], ro
         description=table.description[:1].upper() + table.description[1:], main_score=main,
         main_column=main_column, value_columns=value_cols, identity_columns=ident_cols, label_columns=list(labels),
         fixed_columns=family.fixed(), interval_groups=interval, formats=formats, notes=notes,
-        group_note="ranks restart within each dataset × subject" if
-        df[["dataset", "subject"]].astype(str).drop_duplicates().shape[0] > 1 else "",
+        group_note="ranks restart within each dataset variant × subject" if
+        df[["data_id", "subject"]].astype(str).drop_duplicates().shape[0] > 1 else "",
+        levels=levels,
         ranked_table=table.ranked, ascending=not table.higher_is_better, unranked_title=table.unranked_title,
         unranked_note=table.unranked_note, side_columns=side_cols,
         side_title=side.title if side else "", side_suffix=side.suffix if side else "",
@@ -250,18 +284,29 @@ def _build_table(name: str, table: Table, items: list[Row], notes: list[str], ro
     return df
 
 
+def _levels(table: Table, main: str | None, rows: list[dict], items: list[Row]) -> dict:
+    """``{(data_id, subject): [(label, value)]}``: the layout's reference levels per group."""
+    if table.levels is None:
+        return {}
+    groups: dict[tuple, list[dict]] = {}
+    for row, item in zip(rows, items):
+        groups.setdefault((row["data_id"], str(row["subject"])), []).append(item.record)
+    return {g: [(str(n), float(v)) for n, v in table.levels(records, main)] for g, records in groups.items()}
+
+
 def _sort_and_rank(df: pd.DataFrame, higher_is_better: bool) -> pd.DataFrame:
-    """Order: ranked first, dataset, subject, main score best first (missing last), then
-    identity; ranks restart within each dataset × subject."""
-    df["_ds"] = df["dataset"].astype(str)
+    """Order: one block per dataset variant (by name and label); in it ranked rows first, then
+    reference rows, then the other not-ranked rows; then subject, main score best first (missing
+    last), identity. Ranks restart within each dataset variant × subject."""
+    df["_ds"] = df["dataset"].astype(str) + "\0" + df[VARIANT].astype(str) + "\0" + df["data_id"].astype(str)
     df["_sub"] = df["subject"].astype(str)
-    df["_unranked"] = (~df["ranked"]).astype(int)
+    df["_unranked"] = np.where(df["ranked"], 0, np.where(df["reference"], 1, 2))
     df["_nomain"] = df["main_score"].isna().astype(int)
     df["_neg"] = (-1 if higher_is_better else 1) * df["main_score"].fillna(0.0)
     tie = [c for c in ("backbone", "weights", "layer", "readout", "experiment") if c in df]
     for c in tie:
         df[f"_t_{c}"] = df[c].astype(str)
-    df = df.sort_values(["_unranked", "_ds", "_sub", "_nomain", "_neg"] + [f"_t_{c}" for c in tie] + ["seed"],
+    df = df.sort_values(["_ds", "_unranked", "_sub", "_nomain", "_neg"] + [f"_t_{c}" for c in tie] + ["seed"],
                         kind="mergesort", na_position="last").reset_index(drop=True)
     rankable = df["ranked"] & df["main_score"].notna()
     rank = pd.Series(pd.NA, index=df.index, dtype="Int64")
@@ -272,13 +317,16 @@ def _sort_and_rank(df: pd.DataFrame, higher_is_better: bool) -> pd.DataFrame:
     return df
 
 
-def build_tables(results_root: str | Path) -> dict[str, pd.DataFrame]:
+def build_tables(results_root: str | Path, problems: list | None = None) -> dict[str, pd.DataFrame]:
     """One numeric DataFrame per leaderboard table (NaN for missing cells), in ranked order.
 
-    Columns: ``rank`` (nullable int; empty for rows that are not ranked), the identity columns,
-    the layout's value columns (and side columns), then ``weights_source``, ``ranked``,
+    Columns: ``rank`` (nullable int; empty for rows that are not ranked), the identity columns
+    (``dataset variant`` among them), the layout's value columns (and side columns), then
+    ``data_id``, ``weights_source``, ``ranked``, ``reference`` (a control or reference row),
     ``not_ranked_reason``, ``flags``, ``record`` and ``main_score`` (the value of the table's
-    main score). Layout metadata (title, main score, formats, notes, plots) is in ``df.attrs``.
+    main score). Layout metadata (title, main score, formats, notes, plots, ``levels`` per
+    ``(data_id, subject)``) is in ``df.attrs``.
+    Problems of the store (:class:`brainharness.results.Problem`) are appended to ``problems``.
     """
     root = Path(results_root)
     layouts = Layouts()
@@ -292,7 +340,7 @@ def build_tables(results_root: str | Path) -> dict[str, pd.DataFrame]:
             notes.append(note)
         items.extend(rows)
 
-    for record in leaderboard_records(root):
+    for record in leaderboard_records(root, problems):
         layout, note = layouts.of(record)
         task = str(record["key"]["task"])
         taken = False

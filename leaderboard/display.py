@@ -1,6 +1,7 @@
 """A leaderboard table (:func:`brainharness.leaderboard.build.build_tables`) as display strings:
-formatted cells, the sections (ranked, then one per not-ranked reason, then a layout's side
-table), the ranking sentence and row labels. Shared by the text renderers and the plots."""
+one group per dataset variant (:func:`groups`), in each the sections (ranked, reference rows,
+then one per not-ranked reason, then a layout's side table), the ranking sentence and row
+labels. Shared by the text renderers and the plots."""
 from __future__ import annotations
 
 import math
@@ -10,7 +11,11 @@ import pandas as pd
 
 from brainharness.layout import MISSING, PAIRED
 
+from .build import VARIANT
+
 TEXT_COLUMNS = ("flags", "not_ranked_reason", "record")
+REFERENCE_TITLE = "Reference rows (not ranked)"
+REASON = "reason"
 
 
 def fmt(value, kind: str) -> str:
@@ -30,7 +35,7 @@ def fmt(value, kind: str) -> str:
 
 def display_columns(df: pd.DataFrame) -> list[str]:
     a = df.attrs
-    cols = list(a.get("identity_columns") or [])
+    cols = [c for c in a.get("identity_columns") or [] if c != VARIANT]  # the variant heads its group
     groups = a.get("interval_groups") or []
     if groups:  # one display column per interval group: mean ± half CI
         fixed = set(a.get("fixed_columns") or ())
@@ -72,16 +77,35 @@ def header(df: pd.DataFrame, col: str) -> str:
 
 
 def text_header(df: pd.DataFrame, name: str) -> bool:
-    """Whether a header names a left-aligned text column (identity, flags, record)."""
-    return name in (df.attrs.get("identity_columns") or ()) or name in ("flags", "record")
+    """Whether a header names a left-aligned text column (identity, flags, record, reason)."""
+    return name in (df.attrs.get("identity_columns") or ()) or name in ("flags", "record", REASON)
 
 
-def sections(df: pd.DataFrame) -> list[tuple[str, list[str], list[list[str]]]]:
-    """``[(title, header, rows of display strings)]``: the ranked table, then one
-    "Not ranked: <reason>" section per reason, then the layout's side table. Ranked rows carry
-    the rank column. A table whose layout ranks nothing is one section."""
-    a = df.attrs
+def variant_heading(df: pd.DataFrame, i) -> str:
+    return f"Dataset {df.at[i, VARIANT]}"  # the variant label names the dataset and its parameters
+
+
+def groups(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """``[(heading, rows)]``: one group per dataset variant, in table order (never pooled)."""
+    if not len(df):
+        return []
+    ids = list(dict.fromkeys(df["data_id"].tolist()))
+    return [(variant_heading(df, part.index[0]), part) for part in (df[df["data_id"] == d] for d in ids)]
+
+
+def grouped_sections(df: pd.DataFrame) -> list[tuple[str, list[tuple[str, list[str], list[list[str]]]]]]:
+    """``[(group heading, sections)]``, one per dataset variant; every group shows the same columns."""
     cols = display_columns(df)
+    return [(heading, sections(part, cols)) for heading, part in groups(df)]
+
+
+def sections(df: pd.DataFrame, cols: list[str] | None = None) -> list[tuple[str, list[str], list[list[str]]]]:
+    """``[(title, header, rows of display strings)]`` of one group's rows: the ranked table, the
+    reference rows (controls, with the reason in place of the rank), one "Not ranked: <reason>"
+    section per other reason, then the layout's side table. A table whose layout ranks nothing is
+    one section. ``cols``: the columns shown (default: :func:`display_columns` of ``df``)."""
+    a = df.attrs
+    cols = display_columns(df) if cols is None else cols
     if not a.get("ranked_table", True):
         return [(a.get("unranked_title", "Rows"), [header(df, c) for c in cols],
                  [[cell(df, i, c) for c in cols] for i in df.index])]
@@ -92,7 +116,11 @@ def sections(df: pd.DataFrame) -> list[tuple[str, list[str], list[list[str]]]]:
         body = [[fmt(r, "int") if not pd.isna(r) else MISSING for r in [ranked.at[i, "rank"]]]
                 + [cell(df, i, c) for c in cols] for i in ranked.index]
         out.append(("Ranked", head, body))
-    rest = df[~df["ranked"].astype(bool)] if len(df) else df
+    refs = df[df["reference"].astype(bool)] if len(df) else df
+    if len(refs):
+        body = [[str(refs.at[i, "not_ranked_reason"])] + [cell(df, i, c) for c in cols] for i in refs.index]
+        out.append((REFERENCE_TITLE, [REASON] + [header(df, c) for c in cols], body))
+    rest = df[~df["ranked"].astype(bool) & ~df["reference"].astype(bool)] if len(df) else df
     for reason in dict.fromkeys(rest["not_ranked_reason"].tolist()) if len(rest) else ():
         part = rest[rest["not_ranked_reason"] == reason]
         body = [[cell(df, i, c) for c in cols] for i in part.index]
@@ -100,9 +128,10 @@ def sections(df: pd.DataFrame) -> list[tuple[str, list[str], list[list[str]]]]:
     fixed, suffix = set(a.get("side_fixed") or ()), a.get("side_suffix", "")
     side = [c for c in a.get("side_columns") or [] if c in df and (c in fixed or df[c].notna().any())]
     if side and len(df):
-        ident = list(a.get("identity_columns") or [])
+        ident = [c for c in a.get("identity_columns") or [] if c != VARIANT]
         head = ["rank"] + ident + [c.removesuffix(suffix) for c in side]
-        body = [[fmt(df.at[i, "rank"], "int") if df.at[i, "ranked"] else "not ranked"]
+        body = [[fmt(df.at[i, "rank"], "int") if df.at[i, "ranked"] else
+                 "reference" if df.at[i, "reference"] else "not ranked"]
                 + [cell(df, i, c) for c in ident] + [fmt(df.at[i, c], "text") for c in side]
                 for i in df.index]
         out.append((a.get("side_title", ""), head, body))
@@ -120,8 +149,10 @@ def ranking_sentence(df: pd.DataFrame, quote: str = "`") -> str:
     where = f" (column {shown})" if shown and shown != "main_score" else ""
     extra = f"; {a['group_note']}" if a.get("group_note") else ""
     order = "ascending" if a.get("ascending") else "descending"
-    return (f"Ranked by {quote}{main}{quote}{where}, {order}{extra}. Random-init weights are never ranked; "
-            f"'none' = a fixed baseline without learned weights (ranked). {MISSING} = not reported.")
+    return (f"Ranked by {quote}{main}{quote}{where}, {order}{extra}; one block per dataset variant, never "
+            "pooled. Controls (ceilings, shuffled floors) and other reference rows are listed, never ranked; "
+            "random-init weights are never ranked; 'none' = a fixed baseline without learned weights (ranked). "
+            f"{MISSING} = not reported.")
 
 
 def row_label(df: pd.DataFrame, i) -> str:
@@ -134,8 +165,10 @@ def row_label(df: pd.DataFrame, i) -> str:
             parts.append(f"{col} {df.at[i, col]}")
     if "experiment" in df and not pd.isna(df.at[i, "experiment"]):
         parts.append(str(df.at[i, "experiment"]))
-    if df[["dataset", "subject"]].astype(str).drop_duplicates().shape[0] > 1:
-        parts.append(f"{df.at[i, 'dataset']}/{df.at[i, 'subject']}")
+    if df["data_id"].nunique() > 1:
+        parts.append(str(df.at[i, VARIANT]))
+    if df["subject"].astype(str).nunique() > 1:
+        parts.append(str(df.at[i, "subject"]))
     if not pd.isna(df.at[i, "seed"]) and df["seed"].nunique(dropna=False) > 1:
         parts.append(f"seed {df.at[i, 'seed']}")
     return " · ".join(parts)

@@ -5,8 +5,10 @@ cells boxed — e.g. every layer's test score per ROI, the layer chosen on valid
 Drawn with matplotlib's Agg canvas directly (no pyplot, no global backend switch), returned
 as PNG bytes so the caller writes them atomically.
 
-Missing values are drawn as missing (no bar / a grey "—" cell), never as zero. Rows that are
-not ranked (random-init weights) are hatched and labelled.
+Missing values are drawn as missing (no bar / a grey "—" cell), never as zero. Bars come in one
+panel per dataset variant × subject. Reference rows (controls: ceilings, shuffled floors) are
+hatched in their own colour and labelled with their reason; other rows that are not ranked
+(random-init weights) are hatched grey; levels a layout declares (chance) are dashed lines.
 """
 from __future__ import annotations
 
@@ -21,6 +23,10 @@ import pandas as pd
 from brainharness.layout import MISSING
 
 from .display import row_label as _row_label
+from .display import variant_heading
+
+COLOURS = {"ranked": "#4c72b0", "reference": "#f0b27a", "other": "#bbbbbb"}
+HATCHES = {"reference": "\\\\", "other": "//"}
 
 
 def _png(fig) -> bytes:
@@ -32,46 +38,72 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
+def _panels(df: pd.DataFrame) -> list[tuple[tuple[str, str], pd.DataFrame]]:
+    """``[((data_id, subject), rows)]`` in table order: one bar panel per dataset variant × subject."""
+    subjects = df["subject"].astype(str)
+    keys = list(dict.fromkeys(zip(df["data_id"], subjects)))
+    return [(k, df[(df["data_id"] == k[0]) & (subjects == k[1])]) for k in keys]
+
+
+def _state(df: pd.DataFrame, i) -> str:
+    return "ranked" if df.at[i, "ranked"] else "reference" if df.at[i, "reference"] else "other"
+
+
+def _bars(ax, part: pd.DataFrame, levels: list) -> None:
+    """One panel: ranked rows as solid bars, reference rows (controls) hatched in their own colour
+    and labelled with their reason, other not-ranked rows hatched grey; levels (chance) as lines."""
+    values = part["main_score"].to_numpy(dtype=float)
+    states = [_state(part, i) for i in part.index]
+    err = None
+    col = part.attrs.get("main_column") or ""
+    if col.endswith(" mean") and col[: -len(" mean")] in (part.attrs.get("interval_groups") or ()):
+        d = col[: -len(" mean")]
+        lo, hi = part[f"{d} ci_low"].to_numpy(float), part[f"{d} ci_high"].to_numpy(float)
+        err = np.vstack([values - lo, hi - values])
+        err = np.where(np.isnan(err), 0.0, err)
+    y = np.arange(len(part))
+    shown = np.where(np.isnan(values), 0.0, values)
+    bars = ax.barh(y, shown, xerr=err, color=[COLOURS[s] for s in states], edgecolor="#333333", linewidth=0.5,
+                   capsize=3 if err is not None else 0)
+    for bar, state, v in zip(bars, states, values):
+        if state != "ranked":
+            bar.set_hatch(HATCHES[state])
+        if math.isnan(v):
+            bar.set_visible(False)
+    fmt = "{:.1f}" if part.attrs.get("formats", {}).get("main_score") == "pct" else "{:.3f}"
+    right = values if err is None else values + err[1]
+    for yi, i, v, x, state in zip(y, part.index, values, right, states):
+        text = MISSING if math.isnan(v) else fmt.format(v)
+        suffix = {"ranked": "", "reference": f"  ({part.at[i, 'not_ranked_reason']})", "other": "  (not ranked)"}
+        ax.text(0 if math.isnan(v) else x, yi, "  " + text + suffix[state], va="center", fontsize=8)
+    for label, value in levels:
+        ax.axvline(value, color="#c44e52", linestyle="--", linewidth=1, label=f"{label} = {value:.4g}")
+    if levels:
+        ax.legend(fontsize=7, loc="lower right")
+    ax.set_yticks(y, [_row_label(part, i) for i in part.index], fontsize=8)
+    ax.invert_yaxis()
+    ax.margins(x=0.3)
+
+
 def bar_plot(task: str, df: pd.DataFrame, params: dict | None = None) -> bytes | None:
-    """Horizontal bars of the main score per row, best ranked first."""
+    """Horizontal bars of the main score per row, best ranked first; one panel per dataset
+    variant × subject (rows from different data are never drawn as competitors)."""
     from matplotlib.figure import Figure
 
     main = df.attrs.get("main_score")
     if not main or not len(df):
         return None
-    values = df["main_score"].to_numpy(dtype=float)
-    labels = [_row_label(df, i) for i in df.index]
-    ranked = df["ranked"].astype(bool).to_numpy()
-    err = None
-    col = df.attrs.get("main_column") or ""
-    if col.endswith(" mean") and col[: -len(" mean")] in (df.attrs.get("interval_groups") or ()):
-        d = col[: -len(" mean")]
-        lo, hi = df[f"{d} ci_low"].to_numpy(float), df[f"{d} ci_high"].to_numpy(float)
-        err = np.vstack([values - lo, hi - values])
-        err = np.where(np.isnan(err), 0.0, err)
-    n = len(df)
-    fig = Figure(figsize=(8, 1.2 + 0.35 * n))
-    ax = fig.add_subplot()
-    y = np.arange(n)
-    shown = np.where(np.isnan(values), 0.0, values)
-    bars = ax.barh(y, shown, xerr=err, color=["#4c72b0" if r else "#bbbbbb" for r in ranked],
-                   edgecolor="#333333", linewidth=0.5, capsize=3 if err is not None else 0)
-    for bar, r, v in zip(bars, ranked, values):
-        if not r:
-            bar.set_hatch("//")
-        if math.isnan(v):
-            bar.set_visible(False)
-    fmt = "{:.1f}" if df.attrs.get("formats", {}).get("main_score") == "pct" else "{:.3f}"
-    right = values if err is None else values + err[1]
-    for yi, v, x, r in zip(y, values, right, ranked):
-        text = MISSING if math.isnan(v) else fmt.format(v)
-        ax.text(0 if math.isnan(v) else x, yi, "  " + text + ("" if r else "  (not ranked)"), va="center",
-                fontsize=8)
-    ax.set_yticks(y, labels, fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xlabel(main)
-    ax.set_title(f"{task}: {df.attrs.get('title', main)}", fontsize=10)
-    ax.margins(x=0.25)
+    panels = _panels(df)
+    heights = [0.9 + 0.35 * len(part) for _, part in panels]
+    fig = Figure(figsize=(8, 0.5 + sum(heights)), layout="constrained")
+    axes = fig.subplots(len(panels), 1, squeeze=False, gridspec_kw={"height_ratios": heights})[:, 0]
+    levels = df.attrs.get("levels") or {}
+    for ax, (key, part) in zip(axes, panels):
+        _bars(ax, part, levels.get(key, []))
+        first = part.index[0]
+        ax.set_title(f"{variant_heading(part, first)} · {part.at[first, 'subject']}", fontsize=9)
+    axes[-1].set_xlabel(main)
+    fig.suptitle(f"{task}: {df.attrs.get('title', main)}", fontsize=10)
     return _png(fig)
 
 
@@ -86,7 +118,8 @@ def heatmap(task: str, df: pd.DataFrame, params: dict) -> bytes | None:
     fixed = set(df.attrs.get("fixed_columns") or ())
     cols = [c for c in cols if c in fixed or df[c].notna().any()]
     data = df[cols].to_numpy(dtype=float)
-    labels = [_row_label(df, i) + ("" if r else " (not ranked)") for i, r in zip(df.index, df["ranked"])]
+    tags = {"ranked": "", "reference": " (reference)", "other": " (not ranked)"}
+    labels = [_row_label(df, i) + tags[_state(df, i)] for i in df.index]
     fig = Figure(figsize=(1.6 + 0.6 * len(cols) + 0.05 * max(len(s) for s in labels), 1.5 + 0.4 * len(df)))
     ax = fig.add_subplot()
     masked = np.ma.masked_invalid(data)
@@ -99,6 +132,8 @@ def heatmap(task: str, df: pd.DataFrame, params: dict) -> bytes | None:
     for (r, c), v in np.ndenumerate(data):
         ax.text(c, r, MISSING if math.isnan(v) else f"{v:.{params.get('digits', 1)}f}", ha="center", va="center",
                 fontsize=7, color="#333333" if math.isnan(v) or v > 0.6 * vmax else "white")
+    for r in np.flatnonzero(df["data_id"].to_numpy()[1:] != df["data_id"].to_numpy()[:-1]):
+        ax.axhline(r + 0.5, color="white", linewidth=3)  # dataset variants are separate blocks
     ax.set_xticks(range(len(cols)), cols, fontsize=8, rotation=45, ha="right")
     ax.set_yticks(range(len(df)), labels, fontsize=8)
     fig.colorbar(im, ax=ax, label=params.get("colorbar", df.attrs.get("title", "")))

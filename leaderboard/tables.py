@@ -16,16 +16,31 @@ from .build import build_tables, leaderboard_records, weights_info
 from .render import render_html, render_latex, render_markdown, to_csv
 
 __all__ = ["build_tables", "leaderboard_records", "render_all_markdown", "render_html", "render_latex",
-           "render_markdown", "to_csv", "weights_info", "write_leaderboard"]
+           "render_markdown", "store_warning", "to_csv", "weights_info", "write_leaderboard"]
 
 _EMPTY_NOTE_MARK = "<!-- brainharness-leaderboard: empty -->"
 
 
-def render_all_markdown(results_root: str | Path) -> str:
-    tables = build_tables(results_root)
+def render_all_markdown(results_root: str | Path, problems: list | None = None) -> str:
+    """Every table as Markdown, after a warning block naming each broken file of the store
+    (those problems are also appended to ``problems``)."""
+    found: list = []
+    tables = build_tables(results_root, found)
+    if problems is not None:
+        problems.extend(found)
     if not tables:
-        return _empty_note(results_root)
-    return "\n".join(render_markdown(task, df) for task, df in tables.items())
+        return store_warning(found) + _empty_note(results_root)
+    return store_warning(found) + "\n".join(render_markdown(task, df) for task, df in tables.items())
+
+
+def store_warning(problems: list) -> str:
+    """A Markdown warning block naming every problem of the store ("" when there is none)."""
+    if not problems:
+        return ""
+    lines = [f"> **Warning: {len(problems)} problem(s) in the results store** — the rows of broken records are "
+             "missing from these tables (run `brainharness results check`):", ">"]
+    lines += [f"> - {str(p).replace(chr(10), ' ')}" for p in problems]
+    return "\n".join(lines) + "\n\n"
 
 
 def _empty_note(results_root) -> str:
@@ -55,17 +70,23 @@ def _umask() -> int:
     return 0o022
 
 
-def write_leaderboard(results_root: str | Path, out_dir: str | Path, plots: bool = True) -> dict[str, dict[str, Path]]:
+def write_leaderboard(results_root: str | Path, out_dir: str | Path, plots: bool = True,
+                      problems: list | None = None) -> dict[str, dict[str, Path]]:
     """Write ``<task>.md``, ``<task>.csv``, ``<task>.tex`` (and PNG plots) per task, plus
     ``index.html`` with every table; all atomically. Returns ``{task: {fmt: path}}`` (each
     task's ``html`` entry is the shared index page). With no usable results it writes a short
-    ``README.md`` note (and an index page saying so) and returns ``{}``."""
+    ``README.md`` note (and an index page saying so) and returns ``{}``. Problems of the store
+    head every Markdown file and the index page, and are appended to ``problems``."""
     out = Path(out_dir)
-    tables = build_tables(results_root)
+    found: list = []
+    tables = build_tables(results_root, found)
+    if problems is not None:
+        problems.extend(found)
+    warning, banner = store_warning(found), [str(p) for p in found]
     note = out / "README.md"
     if not tables:
-        _write(note, (_EMPTY_NOTE_MARK + "\n" + _empty_note(results_root)).encode())
-        _write(out / "index.html", render_html({}).encode())
+        _write(note, (_EMPTY_NOTE_MARK + "\n" + warning + _empty_note(results_root)).encode())
+        _write(out / "index.html", render_html({}, warnings=banner).encode())
         return {}
     if note.exists() and note.read_text(errors="replace").startswith(_EMPTY_NOTE_MARK):
         note.unlink(missing_ok=True)  # our own stale "no results" note
@@ -75,7 +96,7 @@ def write_leaderboard(results_root: str | Path, out_dir: str | Path, plots: bool
     for task, df in tables.items():
         stem = re.sub(r"[^A-Za-z0-9._=+-]+", "_", task)
         p = {"md": out / f"{stem}.md", "csv": out / f"{stem}.csv", "tex": out / f"{stem}.tex"}
-        _write(p["md"], render_markdown(task, df).encode())
+        _write(p["md"], (warning + render_markdown(task, df)).encode())
         _write(p["csv"], to_csv(df).encode())
         _write(p["tex"], render_latex(task, df).encode())
         if plots:
@@ -94,7 +115,7 @@ def write_leaderboard(results_root: str | Path, out_dir: str | Path, plots: bool
                     p[name] = path
         paths[task] = p
     index = out / "index.html"
-    _write(index, render_html(tables, images).encode())
+    _write(index, render_html(tables, images, warnings=banner).encode())
     for p in paths.values():
         p["html"] = index
     return paths

@@ -39,7 +39,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from brainharness.errors import ConfigError
+from brainharness.errors import ConfigError, HarnessError
 from brainharness.params import check_value
 from brainharness.runner import Runner
 
@@ -233,20 +233,42 @@ class Sweep:
                 "best_trial": best.number,
                 "best_validation_score": best.value, "best_params": best.params,
                 "n_complete_trials": sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)}
-        test_key = self.runner.key(subject, self.bspec, self.tspec, f"{self.name}-best")
-        existing = self.runner.store.load(test_key)
+        store = self.runner.store
+        test_key = self.runner.key(subject, self.bspec, self.tspec, f"{self.name}-best", overrides=best.params)
+        # its identity holds the best parameters: found only if they are unchanged; a failed or broken
+        # record (a warning names the file) counts as missing
+        existing = None if store.should_run(test_key, "only-missing") else store.load(test_key)
         if existing and existing.get("status") == "complete" and existing.get("sweep", {}).get("best_params") == best.params:
-            record = existing  # already scored with these parameters: the test split is scored once
+            record = dict(existing, _path=str(store.path_for(test_key)))  # the test split is scored once
         else:
             record = self.runner.run_unit(subject, self.bspec, self.tspec, evaluated_on="test", overrides=best.params,
                                           experiment=f"{self.name}-best", memo=None, group=self.name,
                                           extra={"sweep": info})
+            self._drop_superseded(Path(record["_path"]), test_key)
         name = self.objective_name or record["main_score"]
         summary = {**info, "objective": name, "test_score": record["scores"].get(name),
                    "main_score": record["main_score"], "record": record.get("_path")}
         if self.report is not None:
             summary["report"] = self.report(self, summary)
         return summary
+
+
+    def _drop_superseded(self, keep: Path, key: dict) -> None:
+        """Remove this study's earlier best-on-test record (scored with parameters that are no
+        longer the best) beside ``keep``: a study has one test score, its current best's."""
+        for path in keep.parent.glob("*.json"):
+            if path == keep:
+                continue
+            try:
+                old = self.runner.store.read(path)
+            except HarnessError:
+                continue  # not a readable record: `brainharness results check` reports it
+            if old.get("key", {}).get("experiment") == key["experiment"] and old.get("evaluated_on") == "test" \
+                    and (old.get("sweep") or {}).get("study") == self.name:
+                if old.get("sidecar"):
+                    (path.parent / old["sidecar"]).unlink(missing_ok=True)
+                path.unlink(missing_ok=True)
+                log.info("removed %s: superseded by the study's new best %s", path, keep.name)
 
 
 def _report_hook(target):

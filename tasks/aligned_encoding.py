@@ -180,13 +180,13 @@ class AlignedEncodingTask(Task):
         stage_rows = [{"stage": "1", "lam": None, "epoch": None, "validation_score": s1["val_score"],
                        **{k: sc1.get(k) for k in _SUMMARY}}]
         scores = {f"stage1_{k}": sc1.get(k) for k in _SUMMARY}
-        timings = {"features_s": s1["features_s"], "stage1_fit_s": s1["fit_s"], "stage1_reused": s1["uses"] > 1,
+        timings = {"features_s": s1["features_s"], "stage1_fit_s": s1["fit_s"],
                    "stage1_score_s": time.perf_counter() - t1}
         history: list[dict] = []
         final_pv, final_sc, final_roi = pv1, sc1, roi1
         details = {"blocks": blocks, "layers": layers, "n_features": int(head.in_dim), "voxel_pca": p["voxel_pca"],
                    "stage1_rows": s1["n_rows"], "validation_rows": s1["n_val"], "selection_metric": s1["metric"],
-                   "stage1_validation_score": s1["val_score"]}
+                   "stage1_validation_score": s1["val_score"], "stage1_reused": s1["uses"] > 1}
         if p["stage"] != "1":
             t2 = time.perf_counter()
             s2 = self._stage2(ctx, backbone, blocks, s1, keep)
@@ -210,7 +210,7 @@ class AlignedEncodingTask(Task):
             scores = {k: v for k, v in scores.items() if not k.startswith(("stage1_", "change_"))}
             final_pv = {k: v for k, v in final_pv.items() if not k.startswith("stage1_")}
         scores.update(final_sc)
-        scores["stage"] = p["stage"]
+        details["stage"] = p["stage"]  # text: scores hold numbers only (brainharness.record_schema)
         scores["n_voxels_nonfinite_excluded"] = int((~keep).sum())
         if not keep.all():
             final_pv = {k: scatter(v, keep) for k, v in final_pv.items()}

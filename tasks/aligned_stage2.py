@@ -14,7 +14,7 @@ import numpy as np
 from brainharness.errors import ConfigError
 from brainharness.metrics import encoding_scores
 from brainharness.readout import ridge_model
-from brainharness.task import TaskContext
+from brainharness.task import TaskContext, column_scale
 
 _POST_BLOCK = ("norm.", "fc_norm.", "head.", "attn_pool.", "head_drop.")  # modules after the blocks
 _PIXEL_CACHE_BYTES = 2**30  # keep a split's preprocessed pixels in memory below this size
@@ -176,8 +176,8 @@ class VoxelHead:
 
     @classmethod
     def fit_ridge(cls, X: np.ndarray, Y: np.ndarray, p: dict, device) -> "VoxelHead":
-        mu, sd = X.mean(0), X.std(0)
-        sd = np.where(sd > 0, sd, 1).astype(np.float32)
+        mu, sd = column_scale(X)  # constant and single-row columns: sd = inf → 0 (brainharness.task.standardise)
+        sd = sd.astype(np.float32)
         Xs = ((X - mu) / sd).astype(np.float32)
         basis = offset = None
         target = Y

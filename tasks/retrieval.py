@@ -58,12 +58,25 @@ def chance_notes(records: list[dict]) -> list[str]:
     return notes
 
 
+def chance_levels(records: list[dict], main: str | None) -> list[tuple[str, float]]:
+    """Chance (1 / candidates) of the main direction, one level per protocol: a line on the bar
+    plot, never a competing row."""
+    d, levels = direction_name(main or ""), {}
+    for record in records:
+        for row in (record.get("tables") or {}).get("retrieval") or []:
+            if isinstance(row, dict) and direction_name(row.get("direction", "")) == d:
+                if not math.isnan(num(row.get("chance"))):
+                    levels[f"chance ({row.get('n_candidates')} candidates)"] = num(row["chance"])
+    return sorted(levels.items(), key=lambda kv: kv[1])
+
+
 RETRIEVAL_TABLE = Table(
     name="retrieval", title="top-1 retrieval accuracy (mean ± half 95 % CI)",
     description="brain→image: for each brain sample, is its own image the best of the candidates; "
                 "image→brain: for each image, is its own brain sample the best (seed 000 writes "
                 "X→Y for 'retrieve X given Y', so its I→B is brain→image here)",
-    columns=Intervals("retrieval", "direction", DIRECTIONS, direction_name), notes=chance_notes)
+    columns=Intervals("retrieval", "direction", DIRECTIONS, direction_name), notes=chance_notes,
+    levels=chance_levels)
 """Seed 000 Table 1: top-1 accuracy per direction, mean ± half 95 % CI (the CSV keeps mean /
 ci_low / ci_high as numbers); a note per direction gives chance and the protocol."""
 

@@ -34,3 +34,17 @@ def tiny_config(tmp: Path, **over) -> dict:
     }
     cfg.update(over)
     return cfg
+
+
+def make_record(key: dict, status: str = "complete", **fields) -> dict:
+    """A minimal record that validates (brainharness.record_schema), for tests that build records
+    by hand: every required field filled, ``fields`` override or add top-level entries."""
+    record = {"key": dict(key), "status": status, "evaluated_on": "test",
+              "task": {"name": key.get("task", "encoding")}, "dataset": {"name": key.get("dataset", "d")},
+              "backbone": {}, "provenance": {}}
+    if status == "complete":
+        record.update(main_score="x", scores={"x": 1.0}, tables={})
+    else:
+        record["error"] = "RuntimeError: failed in a test"
+    record.update(fields)
+    return record

@@ -1,9 +1,12 @@
 """Miniature copies of the three NSD layouts, written file by file as the real ones are.
 
 Same file names, HDF5 keys, dtypes and axis orders as distributed (HDF5 betas (trials, Z, Y, X)
-int16 = value × 300, NIfTI (X, Y, Z, trials), 1-based ``masterordering``/``subjectim`` in a
-MATLAB file written by scipy, CSV by pandas, COCO caption json), only tiny: a 6×7×5 volume,
-sessions of 60 trials, a few hundred 24×24 images. Responses are linear in the mean colour of
+int16 = value × 300, NIfTI (X, Y, Z, trials), 1-based ``masterordering``/``subjectim``/``sharedix``
+and a 0/1 ``stimpattern`` (sessions × 12 runs × slots) in a MATLAB file written by scipy, CSV by
+pandas with its index column, COCO caption json; brain-diffuser's arrays as its
+``prepare_nsddata.py`` writes them: float64 responses and float64 stimuli from ``np.zeros``,
+fixed-width unicode captions padded with ''), only tiny: a 6×7×5 volume, sessions of 60 trials,
+a few hundred 24×24 images. Responses are linear in the mean colour of
 a 4×4 grid of image cells plus noise, so the ``pixels`` backbone can predict them. Every
 builder returns the generating truth so tests can recompute what the loaders should give.
 """
@@ -128,7 +131,8 @@ def build_nsd(root: Path, *, subjects=(1,), n_sessions: int = 4, trials_per_sess
     paths["design"].mkdir(parents=True, exist_ok=True)
     savemat(paths["design"] / "nsd_expdesign.mat",
             {"masterordering": masterordering[None, :].astype(np.float64), "subjectim": subjectim.astype(np.float64),
-             "sharedix": (shared + 1)[None, :].astype(np.float64), "basiccnt": np.zeros((3, design_sessions))})
+             "sharedix": (shared + 1)[None, :].astype(np.float64), "basiccnt": np.zeros((3, design_sessions)),
+             "stimpattern": stimpattern(design_sessions, trials_per_session)})
     _write_stim_info(paths["design"] / "nsd_stim_info_merged.csv", n_images, shared, subjectim, masterordering)
     paths["stimuli"].mkdir(parents=True, exist_ok=True)
     with h5py.File(paths["stimuli"] / "nsd_stimuli.hdf5", "w") as f:
@@ -138,6 +142,16 @@ def build_nsd(root: Path, *, subjects=(1,), n_sessions: int = 4, trials_per_sess
     truth = {s: _build_subject(root, s, images, subjectim[s - 1], masterordering, n_sessions, trials_per_session,
                                n_shared, formats, seed) for s in subjects}
     return MiniNSD(root, images, shared, truth, n_design)
+
+
+def stimpattern(n_sessions: int, trials_per_session: int, runs: int = 12) -> np.ndarray:
+    """sessions × runs × slots of 0/1 (1 = a stimulus trial), ``trials_per_session`` ones per session,
+    each run opening with a blank slot, as NSD's runs of 75 slots hold 62 or 63 trials."""
+    per_run = [len(a) for a in np.array_split(np.arange(trials_per_session), runs)]
+    pattern = np.zeros((n_sessions, runs, max(per_run) + 2), dtype=np.float64)
+    for r, n in enumerate(per_run):
+        pattern[:, r, 1:1 + n] = 1
+    return pattern
 
 
 def _build_subject(root, subj, images, subjectim_row, masterordering, n_sessions, tps, n_shared, formats, seed):
@@ -230,24 +244,43 @@ def independent_noise_ceiling(truth: SubjectTruth) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 # brain-diffuser preprocessed layout (derived from a miniature NSD, as its prepare script does)
 # --------------------------------------------------------------------------------------------
+def curated_annots(n_images: int) -> np.ndarray:
+    """Like ``COCO_73k_annots_curated.npy``: fixed-width unicode, images × 5, '' where an image has fewer."""
+    return np.array([[coco_caption(i, k) if k < 5 - (i % 7 == 3) else "" for k in range(5)] for i in range(n_images)])
+
+
+def curated_captions(nsd_id: int) -> list[str]:
+    return [c for c in curated_annots(nsd_id + 1)[nsd_id] if c]
+
+
 def build_brain_diffuser(nsd: MiniNSD, subj: int = 1, root: Path | None = None, captions: bool = True) -> dict:
     """``processed_data/subjXX/nsd_{train,test}_{fmriavg_nsdgeneral,stim,cap}_subN.npy`` from ``nsd``'s
-    written sessions: raw beta units (×300), averaged over repeats, images in order of first appearance."""
+    written sessions, step by step as brain-diffuser's ``data/prepare_nsddata.py``: the nsdgeneral
+    voxels of every trial (raw ×300 units), images of each split in order of first appearance,
+    ``np.zeros`` float64 arrays filled row by row (responses = mean of the image's trials, stimuli
+    = the imgBrick image), captions copied from the curated annotations with their dtype."""
     truth = nsd.subjects[subj]
     folder = Path(root or nsd.root) / "processed_data" / f"subj{subj:02d}"
     folder.mkdir(parents=True, exist_ok=True)
-    raw = np.concatenate([b[truth.mask].T.astype(np.float64) for b in truth.betas])  # ×300 units
+    fmri_trials = np.concatenate([b[truth.mask].T.astype(np.float32) for b in truth.betas])  # get_fdata, ×300
+    annots = curated_annots(len(nsd.images))
     out = {}
     for split, sel in (("train", ~truth.trial_test), ("test", truth.trial_test)):
-        ids_all = truth.trial_ids[sel]
-        uniq, first = np.unique(ids_all, return_index=True)
-        ids = uniq[np.argsort(first)]
-        fmri = np.stack([raw[sel][ids_all == i].mean(0) for i in ids])
+        trials_of: dict[int, list[int]] = {}
+        for trial in np.flatnonzero(sel):  # dict insertion order = first appearance
+            trials_of.setdefault(int(truth.trial_ids[trial]), []).append(trial)
+        ids = np.array(list(trials_of), dtype=np.int64)
+        fmri = np.zeros((len(ids), fmri_trials.shape[1]))
+        stim = np.zeros((len(ids), *nsd.images.shape[1:]))
+        caps = np.empty((len(ids), 5), dtype=annots.dtype)
+        for i, nsd_id in enumerate(ids):
+            stim[i] = nsd.images[nsd_id]
+            fmri[i] = fmri_trials[sorted(trials_of[nsd_id])].mean(0)
+            caps[i] = annots[nsd_id]
         np.save(folder / f"nsd_{split}_fmriavg_nsdgeneral_sub{subj}.npy", fmri)
-        np.save(folder / f"nsd_{split}_stim_sub{subj}.npy", nsd.images[ids])
+        np.save(folder / f"nsd_{split}_stim_sub{subj}.npy", stim)
         if captions:
-            np.save(folder / f"nsd_{split}_cap_sub{subj}.npy",
-                    np.array([[coco_caption(i, k) for k in range(5)] for i in ids]))
+            np.save(folder / f"nsd_{split}_cap_sub{subj}.npy", caps)
         out[split] = (ids, fmri)
     return out
 

@@ -1,4 +1,6 @@
 """The Algonauts 2023 loader on a miniature challenge folder."""
+import os
+
 import numpy as np
 import pytest
 
@@ -75,6 +77,11 @@ def test_captions_through_an_nsd_layout(tmp_path):
     ds = Algonauts2023(root=tmp_path / "alg", nsd_root=nsd.root, captions="required", cache=False).load()
     i = int(ds.stimuli.ids[0])
     assert ds.stimuli.captions[i] == [coco_caption(i, k) for k in range(5)] and len(ds.stimuli.captions) == 40
+    lazy = Algonauts2023(root=tmp_path / "alg", nsd_root=nsd.root, cache=False).load()
+    assert lazy.info["captions"]["status"] == "read on first use" and dict(lazy.stimuli.captions) == \
+        dict(ds.stimuli.captions)
+    with pytest.raises(ConfigError, match="captions='required' needs nsd_root"):
+        Algonauts2023(root=tmp_path / "alg", captions="required")
 
 
 def _break(root, case):
@@ -97,10 +104,33 @@ def _break(root, case):
     if case == "missing_fmri":
         (d / "training_split/training_fmri/lh_training_fmri.npy").unlink()
         return "lh_training_fmri.npy", "not found"
+    if case == "nsd_id_range":
+        first = next((d / "training_split/training_images").glob("train-0001_*.png"))
+        first.rename(first.with_name("train-0001_nsd-73000.png"))
+        return "train-0001_nsd-73000.png", "nsd id outside NSD's 73000 images (0-based ids 0..72999)"
+    if case == "image_count":
+        next((d / "training_split/training_images").glob("train-0060_*.png")).unlink()
+        return "training_images", "59 images", "lh_training_fmri.npy has 60 rows"
+    if case in ("roi_unknown_label", "roi_fraction"):
+        path = d / "roi_masks/lh.floc-faces_challenge_space.npy"
+        labels = np.load(path)
+        labels[3] = 9 if case == "roi_unknown_label" else 1.5
+        np.save(path, labels)
+        if case == "roi_unknown_label":
+            return "lh.floc-faces_challenge_space.npy", "label 9 has no name in mapping_floc-faces.npy"
+        return "lh.floc-faces_challenge_space.npy", "must be whole numbers, found 1.5"
+    if case == "mapping_runs_code":  # a pickle that would call a function on load
+        np.save(d / "roi_masks/mapping_floc-faces.npy", np.array(os.getcwd, dtype=object), allow_pickle=True)
+        return "mapping_floc-faces.npy", "refusing to load posix.getcwd"
+    if case == "complex_fmri":
+        path = d / "training_split/training_fmri/rh_training_fmri.npy"
+        np.save(path, np.load(path).astype(np.complex64))
+        return "rh_training_fmri.npy", "responses of type complex64, expected real numbers"
 
 
 @pytest.mark.parametrize("case", ["missing_image", "bad_name", "hemisphere_rows", "roi_length", "mapping_not_dict",
-                                  "missing_fmri"])
+                                  "missing_fmri", "nsd_id_range", "image_count", "roi_unknown_label", "roi_fraction",
+                                  "mapping_runs_code", "complex_fmri"])
 def test_bad_files_give_one_line_errors(tmp_path, case):
     build_algonauts(tmp_path, n_images=60)
     needles = _break(tmp_path, case)

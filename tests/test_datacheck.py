@@ -13,7 +13,7 @@ def test_brain_diffuser_data_folder_holds_two_layouts(tmp_path):
     official, bd = result["layouts"]
     assert official["layout"] == "nsd" and bd["layout"] == "nsd-brain-diffuser"
     assert official["images"] == {"n": 400, "shape": [24, 24, 3]}
-    assert official["design"] == {"trials": 360, "subjects": 8, "images_per_subject": 120, "shared": 20}
+    assert official["design"] == {"trials": 360, "sessions": 6, "subjects": 8, "images_per_subject": 120, "shared": 20}
     s1 = official["subjects"]["subj01"]
     assert s1["betas"][BETA] == {"sessions": 4, "formats": ["hdf5", "nifti"], "trials": 240}
     assert s1["voxels"] == nsd.subjects[1].mask.sum() and s1["volume"] == [6, 7, 5]
@@ -21,6 +21,7 @@ def test_brain_diffuser_data_folder_holds_two_layouts(tmp_path):
     assert bd["subjects"]["subj01"]["train"] == {"images": 96, "voxels": int(nsd.subjects[1].mask.sum())}
     text = format_report(result)
     assert "layout: nsd (NSD official layout)" in text and "4/40 sessions of betas_fithrf_GLMdenoise_RR" in text
+    assert "design: 360 trials in 6 sessions, 8 subjects × 120 images, 20 shared" in text
     assert "layout: nsd-brain-diffuser" in text and text.rstrip().endswith("OK")
 
 

@@ -63,8 +63,9 @@ def folds(*errors):
 def test_a_task_defined_here_renders_its_own_table_and_ranking(tmp_path):
     s = ResultStore(tmp_path / "r")
     # the key's task is a label; the layout comes from the plugin named in record["task"]
-    s.save(record("test-layout-error-rate", "errors-v1", {"chance_error": 50.0}, folds(12.5, 8.0, 20.0)))
-    s.save(record("test-layout-error-rate", "errors-v1", {"chance_error": 50.0}, folds(1.0),
+    # the main score is per fold (table rows): null among the record's own scores
+    s.save(record("test-layout-error-rate", "errors-v1", {"chance_error": 50.0, "error": None}, folds(12.5, 8.0, 20.0)))
+    s.save(record("test-layout-error-rate", "errors-v1", {"chance_error": 50.0, "error": None}, folds(1.0),
                   backbone="r", weights="random-init"))
     s.save(record("test-layout-error-rate", "errors-v1", {"error": 3.0}, {}, backbone="nofolds"))
     tables = build_tables(tmp_path / "r")
@@ -87,7 +88,8 @@ def test_a_task_defined_here_renders_its_own_table_and_ranking(tmp_path):
     assert [c.strip() for c in header.strip("|").split("|")][4] == "system" and "recall" not in header
     first = next(l for l in md.splitlines() if l.startswith("| 1 |"))
     assert "| fold 2 |" in first and "| 8.0 | 40 |" in first
-    assert "### Not ranked: reference row: chance level" in md and "| chance |" in md
+    refs = md.split("#### Reference rows (not ranked)")[1].split("####")[0]  # listed with the reason, no rank
+    assert "| reference row: chance level | synthetic | subj01 | m | chance |" in refs
     assert "- 6 rows from the fold tables" in md  # the layout's notes hook saw the table's rows
 
     assert tables["errors-v1"].attrs["layout"] == "generic" and tables["errors-v1"]["error"].iloc[0] == 3.0
@@ -100,12 +102,11 @@ def test_a_task_defined_here_renders_its_own_table_and_ranking(tmp_path):
 
 def test_unknown_task_gets_the_default_layout_and_a_note(tmp_path):
     s = ResultStore(tmp_path / "r")
-    s.save(record("not-installed-task", "mine", {"n_items": 12, "acc": 0.5, "loss_pct": 12.5, "name": "x"}, {},
-                  main="acc"))
+    s.save(record("not-installed-task", "mine", {"n_items": 12, "acc": 0.5, "loss_pct": 12.5}, {}, main="acc"))
     s.save(record("test-layout-none-declared", "plain", {"acc": 0.25, "n_items": 3}, {}, main="acc"))
     tables = build_tables(tmp_path / "r")
     df = tables["mine"]
-    assert df.attrs["value_columns"] == ["acc", "n_items", "loss_pct"]  # main score first, text left out
+    assert df.attrs["value_columns"] == ["acc", "n_items", "loss_pct"]  # main score first
     assert df.attrs["notes"] == ["task plugin 'not-installed-task' is not installed: shown with the default "
                                  "layout (one column per scalar score)"]
     md = render_markdown("mine", df)

@@ -48,7 +48,7 @@ def encoding_record(backbone, weights, all_score, roi_scores, *, subject="subj01
         "backbone": {"name": backbone, "family": family, "weights": weights, "layer": layer, "readout": "avg"},
         "task": {"name": "encoding", "params": {}}, "dataset": {"name": "synthetic", "info": {}},
         "provenance": {"seed": seed, "config": {}, "packages": {}, "code": {}, "created": "2025-01-01T00:00:00"},
-        "timings": {}, "tracking": {},
+        "timings": {}, "tracking": {}, **({"error": "RuntimeError: failed in a test"} if status == "failed" else {}),
     }
 
 
@@ -323,7 +323,7 @@ def test_ranks_restart_per_dataset_and_subject(tmp_path):
     df = build_tables(tmp_path / "r")["encoding"]
     assert list(zip(df["subject"], df["backbone"], df["rank"])) == [
         ("subj01", "b", 1), ("subj01", "a", 2), ("subj02", "a", 1)]
-    assert "ranks restart within each dataset × subject" in render_markdown("encoding", df)
+    assert "ranks restart within each dataset variant × subject" in render_markdown("encoding", df)
 
 
 def test_retrieval_without_table_falls_back_to_scores_without_ci(tmp_path):
@@ -397,7 +397,8 @@ def test_decoding_record_gives_the_three_seed000_tables(tmp_path):
     assert list(ranked.index) == ["brain (stage 2)", "brain (stage 1)", "nearest-neighbour"]
     assert math.isnan(s2.at["brain (stage 2)", "CLIP-B"])  # missing, never 0
     md2 = render_markdown("decoding-captioning", t2)
-    assert "Not ranked: reference row: the true image" in md2
+    refs = md2.split("#### Reference rows (not ranked)")[1]
+    assert "| reference row: the true image, not a brain decoder |" in refs and "| shuffled brain |" in refs
 
     t3 = tables["decoding-roi-captions"]  # Table 3: one row per ROI, a column per stage, per subject
     s3 = t3[t3["subject"] == "subj02"].set_index("roi")

@@ -1,4 +1,5 @@
 """The NSD official-layout loader on miniature copies of the layout (see nsd_layouts.py)."""
+import json
 import os
 
 import h5py
@@ -110,13 +111,32 @@ def test_ctab_names_are_read_and_defaults_used_without_it(tmp_path):
 def test_captions_through_the_stimulus_table(mini, loaded, tmp_path):
     i = int(loaded.subject("subj01").test.stim_ids[0])
     assert loaded.stimuli.captions[i] == [coco_caption(i, k) for k in range(5)]  # de-duplicated, stripped
+    assert loaded.info["captions"]["status"] == "loaded" and loaded.info["captions"]["n_without_captions"] == 0
     m = fresh(tmp_path, n_sessions=3, captions=False)
     ds = NSD(root=m.root, cache=False).load()
+    assert ds.info["captions"]["status"] == "read on first use"  # nothing opened until a task asks
     assert ds.stimuli.captions == {} and "captions_train2017.json" not in str(ds.info)  # annotations folder missing
-    assert ds.info["subjects"]["subj01"]["captions_info"]["status"].startswith("unavailable")
+    assert ds.info["captions"]["status"].startswith("unavailable")
     with pytest.raises(DataError) as e:
         NSD(root=m.root, captions="required", cache=False).load()
     one_line_error(e, "annotations", "not found", "captions='required'")
+
+
+def test_captions_are_cached_and_follow_their_sources(mini, loaded, tmp_path):
+    ds = NSD(root=mini.root, subject=[1, 2], format="hdf5", cache_dir=tmp_path).load()
+    assert dict(ds.stimuli.captions) == dict(loaded.stimuli.captions)  # what a caption task sees is unchanged
+    (cached,) = (tmp_path / "datasets").glob("captions-*.json")
+    stored = json.loads(cached.read_text())
+    assert stored["captions"][str(ds.stimuli.ids[0])] == loaded.stimuli.captions[int(ds.stimuli.ids[0])]
+    again = NSD(root=mini.root, subject=[1, 2], format="hdf5", cache_dir=tmp_path).load()
+    assert dict(again.stimuli.captions) == dict(loaded.stimuli.captions)
+    assert again.info["captions"]["status"] == "loaded"
+    assert again.info["source_signature"]["captions"] == ds.info["source_signature"]["captions"]
+    stim_info = nsd_paths(mini.root, 1)["design"] / "nsd_stim_info_merged.csv"
+    os.utime(stim_info, ns=(stim_info.stat().st_atime_ns, stim_info.stat().st_mtime_ns + 10**9))
+    changed = NSD(root=mini.root, subject=[1, 2], format="hdf5", cache_dir=tmp_path).load()
+    assert changed.info["source_signature"]["captions"] != ds.info["source_signature"]["captions"]
+    assert changed.info["source_signature"]["subj01"] == ds.info["source_signature"]["subj01"]  # subject not rebuilt
 
 
 def test_subject_cache_reopens_and_follows_source_changes(tmp_path):

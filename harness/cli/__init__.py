@@ -19,6 +19,8 @@ from brainharness.capabilities import describe_provides
 from brainharness.errors import HarnessError
 from brainharness.params import param_lines
 
+from .results import add_parser as add_results_parser
+
 
 def _demo_config() -> dict:
     import yaml
@@ -42,28 +44,36 @@ def cmd_list(args) -> int:
     return 0
 
 
-def _print_leaderboard(results_dir: Path, out_dir: Path | None) -> None:
+def _print_leaderboard(results_dir: Path, out_dir: Path | None) -> list:
+    """Print (and write) the leaderboard; returns the store's problems, each also on stderr."""
     from brainharness.leaderboard.tables import render_all_markdown, write_leaderboard
 
-    print(render_all_markdown(results_dir))
+    problems: list = []
+    print(render_all_markdown(results_dir, problems))
     if out_dir is not None:
-        written = write_leaderboard(results_dir, out_dir)
+        written = write_leaderboard(results_dir, out_dir, problems=[])  # the same store: already reported
         print(f"leaderboard written to {out_dir} ({', '.join(sorted(written)) or 'no results'})")
+    for p in problems:
+        print(f"brainharness: warning: {p}", file=sys.stderr)
+    return problems
 
 
 def cmd_run(args) -> int:
     from brainharness.config import load_config
     from brainharness.runner import Runner
 
+    from tqdm.auto import tqdm
+
+    from .results import outcome_line
+
     cfg = load_config(args.config)
     if args.policy:
         cfg["policy"] = args.policy
-    records = Runner(cfg, progress=not args.quiet).run()
-    for r in records:
-        k = r["key"]
-        print(f"{k['task']:<12} {k['backbone']}@{k['weights']:<14} {k['subject']}: "
-              f"{r['main_score']} = {r['scores'].get(r['main_score'])}")
-    return 0
+    runner = Runner(cfg, progress=not args.quiet)
+    runner.run(on_unit=lambda outcome: tqdm.write(outcome_line(outcome)))  # each unit as it ends
+    counts = {s: sum(o.status == s for o in runner.outcomes) for s in ("ran", "up to date", "failed")}
+    print(f"{len(runner.outcomes)} unit(s): " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    return 1 if counts["failed"] else 0  # DESIGN §13: 1 = some units failed
 
 
 def cmd_demo(args) -> int:
@@ -91,21 +101,25 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_leaderboard(args) -> int:
-    _print_leaderboard(Path(args.results), Path(args.out) if args.out else None)
-    return 0
+    problems = _print_leaderboard(Path(args.results), Path(args.out) if args.out else None)
+    return 1 if problems and args.strict else 0
 
 
 def cmd_cache(args) -> int:
     from brainharness.features import FeatureCache
 
     cache = FeatureCache(args.cache_dir)
-    if args.action == "ls":
-        entries = cache.entries()
+    if args.action in ("ls", "verify"):  # ls checks metadata only; verify re-hashes every block
+        entries = cache.entries(verify=args.action == "verify")
         for e in entries:
-            key = e.get("key", {})
-            print(f"{e['file']}\t{e['bytes'] / 1e6:.1f} MB\t{'complete' if e['complete'] else 'partial'}\t"
-                  f"{key.get('backbone', {}).get('backbone')}\tlayer={key.get('layer')}\tshape={e.get('shape')}")
-        print(f"{len(entries)} feature file(s) in {cache.root}")
+            key, state = e.get("key", {}), e["state"] + (f" ({e['what']})" if e.get("what") else "")
+            print(f"{e['file']}\t{e['bytes'] / 1e6:.1f} MB\t{state}\t{key.get('backbone', {}).get('backbone')}"
+                  f"\tlayer={key.get('layer')}\tshape={e.get('shape')}")
+        bad, aside = (sum(e["state"] == state for e in entries) for state in ("corrupt", "set aside"))
+        print(f"{len(entries)} feature file(s) in {cache.root}"
+              + (f", {bad} corrupt (re-extracted when next used)" if bad else "")
+              + (f", {aside} set aside (`cache clear` removes them)" if aside else ""))
+        return 1 if bad and args.action == "verify" else 0
     elif args.part == "features":
         print(f"removed {cache.clear()} file(s) from {cache.root}")
     else:  # other cached artefacts (trained captioners, text embeddings, datasets …): whole folders
@@ -164,14 +178,18 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("leaderboard", help="tables from the results store")
     s.add_argument("--results", default="results")
     s.add_argument("--out", help="write <task>.md/.csv/.tex and index.html here")
+    s.add_argument("--strict", action="store_true", help="exit 1 if any record or sidecar of the store is broken")
     s.set_defaults(fn=cmd_leaderboard)
+
+    add_results_parser(sub)
 
     s = sub.add_parser("list", help="list registered plugins")
     s.add_argument("kind", choices=registry.KINDS)
     s.set_defaults(fn=cmd_list)
 
-    s = sub.add_parser("cache", help="inspect or clear the feature cache (clear PART: other cached artefacts)")
-    s.add_argument("action", choices=["ls", "clear"])
+    s = sub.add_parser("cache", help="inspect (ls), check every checksum (verify; exit 1 if corrupt) or clear the "
+                                     "feature cache (clear PART: other cached artefacts)")
+    s.add_argument("action", choices=["ls", "verify", "clear"])
     s.add_argument("part", nargs="?", default="features",
                    choices=[*SUBDIRS, "all"],
                    help="what `clear` removes (default: features; all = every folder of the cache)")

@@ -23,10 +23,18 @@ arrays with every value ≤ 1 are read as fractions and ×100, recorded) and is 
 unavailable. ROIs: every ``mapping_<roi>.npy`` class (prf-visualrois, floc-*, streams …) with
 its names, the unions V1 = V1v ∪ V1d etc., and the hemispheres ``lh`` and ``rh``. Captions come
 through an NSD layout's stimulus table and COCO files (``nsd_root`` / ``coco_annotations``).
-``np.load(allow_pickle=True)`` is used for the ``mapping_*.npy`` files only.
+The ``mapping_*.npy`` files are pickled dictionaries (the devkit reads them with
+``np.load(allow_pickle=True)``); they are read with an unpickler that builds only numpy arrays,
+dictionaries, numbers and strings (:func:`read_label_names`), so a file cannot run code.
+
+Checked (one line naming the file and the invariant): lh and rh responses images × vertices of
+real numbers with equal rows, one training image per row, image numbers 1..N without gaps and
+nsd ids within NSD's 73k images (0..72999), each ROI label file one whole-number label per
+vertex of its hemisphere, and every label > 0 named in its mapping.
 """
 from __future__ import annotations
 
+import pickle
 import re
 import time
 from pathlib import Path
@@ -38,12 +46,14 @@ from brainharness.capabilities import CAPTIONS, ROI_MASKS, Offer
 from brainharness.data import Dataset, DatasetLoader, Responses, Stimuli, Subject
 from brainharness.errors import ConfigError, DataError
 from brainharness.params import PATH, Param
+from .nsd_captions import CocoCaptions, LazyCaptions
 from .nsd_common import (CACHE, CACHE_DIR, CAPTIONS_MODE, SUBJECT, drop_columns, existing_dir, finish_rois,
-                         finite_columns, gather, label_rois, load_npy, public_meta, root_param, short_hash,
-                         subject_name, union_stimuli)
-from .nsd_files import Layout, coco_captions
+                         finite_columns, gather, integer_labels, label_rois, load_npy, numeric_array, public_meta,
+                         root_param, short_hash, subject_name, union_ids)
+from .nsd_design import N_IMAGES
+from .nsd_files import Layout
 from brainharness.registry import register_dataset
-from .subject_cache import cached_subject, file_signature
+from .subject_cache import cached_subject, file_signature, source_signature
 
 HEMIS = ("lh", "rh")
 NAME_RE = re.compile(r"(train|test)-(\d+)_nsd-(\d+)\.png$")
@@ -64,6 +74,9 @@ def image_files(folder: Path, split: str) -> tuple[list[Path], np.ndarray]:
     if [r[0] for r in rows] != list(range(1, len(rows) + 1)):
         raise DataError(f"{folder}: image numbers are not 1..{len(rows)} without gaps")
     ids = np.array([r[1] for r in rows], dtype=np.int64)
+    outside = [r[2] for r in rows if r[1] >= N_IMAGES]
+    if outside:
+        raise DataError(f"{outside[0]}: nsd id outside NSD's {N_IMAGES} images (0-based ids 0..{N_IMAGES - 1})")
     if len(np.unique(ids)) != len(ids):
         raise DataError(f"{folder}: an nsd id appears twice")
     return [r[2] for r in rows], ids
@@ -71,7 +84,8 @@ def image_files(folder: Path, split: str) -> tuple[list[Path], np.ndarray]:
 
 def open_fmri(folder: Path, prefix: str) -> list[np.ndarray]:
     """The lh and rh arrays, memory-mapped, checked to be images × vertices with equal rows."""
-    parts = [load_npy(folder / f"{h}_{prefix}_fmri.npy", mmap=True) for h in HEMIS]
+    parts = [numeric_array(folder / f"{h}_{prefix}_fmri.npy", load_npy(folder / f"{h}_{prefix}_fmri.npy", mmap=True),
+                           "responses") for h in HEMIS]
     for h, a in zip(HEMIS, parts):
         if a.ndim != 2:
             raise DataError(f"{folder / f'{h}_{prefix}_fmri.npy'}: expected images × vertices, got {a.shape}")
@@ -107,7 +121,7 @@ class Algonauts2023(DatasetLoader):
     (file(s), see the module doc), ``nsd_root`` (an NSD layout, for captions), ``coco_annotations``,
     ``captions`` (``auto`` | ``required`` | ``none``), ``cache``, ``cache_dir``."""
 
-    VERSION = "1"
+    VERSION = version = "1"  # in the data cache key and the result identity: bump when numbers change
     # declared capabilities: no single trials in this layout; COCO captions come through an NSD layout
     provides = (ROI_MASKS, Offer(CAPTIONS, lambda p: bool(p.get("nsd_root")) and p.get("captions") != "none",
                                  "nsd_root and captions: auto or required"))
@@ -127,6 +141,8 @@ class Algonauts2023(DatasetLoader):
     }
 
     def check(self, p):
+        if p["captions"] == "required" and not p["nsd_root"]:
+            raise ConfigError(f"{self.owner()}: captions='required' needs nsd_root (nsd_stim_info_merged.csv + COCO)")
         if p["noise_ceiling"] is not None and len(p["subject"]) > 1 and "{subject}" not in str(p["noise_ceiling"]):
             raise ConfigError(f"{self.owner()}: with several subjects, put {{subject}} in the noise_ceiling path(s)")
 
@@ -169,17 +185,13 @@ class Algonauts2023(DatasetLoader):
             d = self.folder(subj)
             sources = [*sorted(d.glob("*_split/*_fmri/*.npy")), *sorted((d / "roi_masks").glob("*.npy")),
                        *self.nc_files(subj)]
-            if self.captions != "none" and self.nsd:
-                sources += [p for p in (self.nsd.stim_info, *self.annotations.glob("captions_*2017.json"))
-                            if p.exists()]
             params = {"loader": "algonauts2023", "version": self.VERSION, "subject": subj,
-                      "test_fraction": self.test_fraction, "split_seed": self.split_seed, "captions": self.captions,
-                      "annotations": str(self.annotations), "images": self._listing(d)}
+                      "test_fraction": self.test_fraction, "split_seed": self.split_seed, "images": self._listing(d)}
             name = subject_name(subj)
             subjects[name], metas[name], caches[name] = cached_subject(
                 self.cache_dir if self.cache else None, "algonauts2023", name, params, sources,
                 lambda s=subj: self.load_subject(s))
-        ids, captions = union_stimuli(metas)
+        ids = union_ids(metas)
         files = {}
         for subj in self.subjects:
             for split in ("training", "test"):
@@ -188,14 +200,16 @@ class Algonauts2023(DatasetLoader):
                     for path, i in zip(*image_files(folder, "train" if split == "training" else "test")):
                         files.setdefault(int(i), str(path))
         fingerprint = "algonauts2023-" + short_hash(file_signature([files[int(i)] for i in ids]))
+        captions, caption_info, caption_signature = self.captions_of(ids)
         stimuli = Stimuli(ids=ids, read_images=PngReader([files[int(i)] for i in ids]), captions=captions,
                           fingerprint=fingerprint)
         info = {"name": "algonauts2023", "layout": "algonauts2023", "root": str(self.root),
                 "ids": "0-based 73k NSD ids from the nsd-XXXXX part of the image file names",
                 "responses": "as distributed (z-scored within session by the organisers, averaged over repeats)",
                 "fingerprint": fingerprint,
-                "subjects": public_meta(metas),
-                "cache": caches, "load_seconds": round(time.perf_counter() - start, 3)}
+                "subjects": public_meta(metas), "captions": caption_info,
+                "cache": caches, "source_signature": {**source_signature(caches), "captions": caption_signature},
+                "load_seconds": round(time.perf_counter() - start, 3)}
         return Dataset(name="algonauts2023", stimuli=stimuli, subjects=subjects, info=info)
 
     @staticmethod
@@ -236,11 +250,10 @@ class Algonauts2023(DatasetLoader):
         subject = Subject(name=subject_name(subj), train=Responses(train_ids, fmri),
                           test=Responses(test_ids, test_fmri), rois=rois, noise_ceiling=nc, nc_source=nc_source)
         all_ids = np.r_[train_ids, test_ids]
-        captions, caption_info = self.read_captions(all_ids)
         meta = {**split, "n_train_images": len(train_ids), "n_test_images": len(test_ids),
                 "n_vertices": {"lh": int(keep[:n_lh].sum()), "rh": int(keep[n_lh:].sum())},
                 "nan_vertices": {"handling": "drop", "dropped": int((~keep).sum())}, **roi_info,
-                "noise_ceiling": nc_source, "captions_info": caption_info, "captions": captions, "stim_ids": all_ids}
+                "noise_ceiling": nc_source, "stim_ids": all_ids}
         return subject, meta
 
     def rois(self, d: Path, n_lh: int, keep: np.ndarray) -> tuple[dict, dict]:
@@ -249,10 +262,7 @@ class Algonauts2023(DatasetLoader):
         missing = []
         for mapping in sorted((d / "roi_masks").glob("mapping_*.npy")):
             roi = mapping.name[len("mapping_"):-len(".npy")]
-            try:
-                names = {int(k): str(v) for k, v in np.load(mapping, allow_pickle=True).item().items()}
-            except (ValueError, AttributeError, OSError) as e:
-                raise DataError(f"{mapping}: not a {{label: name}} dictionary ({e})") from None
+            names = read_label_names(mapping)
             paths = [d / "roi_masks" / f"{h}.{roi}_challenge_space.npy" for h in HEMIS]
             if not all(p.exists() for p in paths):
                 missing += [p.name for p in paths if not p.exists()]
@@ -262,7 +272,8 @@ class Algonauts2023(DatasetLoader):
                 if lab.shape != (n,):
                     raise DataError(f"{p}: {lab.shape[0] if lab.ndim == 1 else lab.shape} labels, "
                                     f"the fMRI has {n} vertices")
-            rois.update(label_rois(np.rint(np.concatenate(labels)).astype(np.int64), names))
+            labels = [integer_labels(p, lab, names, mapping.name) for p, lab in zip(paths, labels)]
+            rois.update(label_rois(np.concatenate(labels), names))
         rois, empty = finish_rois({k: v[keep] for k, v in rois.items()})
         return rois, {"roi_files_missing": missing, "rois_empty": empty}
 
@@ -280,14 +291,45 @@ class Algonauts2023(DatasetLoader):
         units = "fractions, ×100" if fraction else "%"
         return (nc * (100 if fraction else 1))[keep], f"provided: {', '.join(p.name for p in files)} ({units})"
 
-    def read_captions(self, ids: np.ndarray) -> tuple[dict, dict]:
-        if self.captions == "none":
-            return {}, {"status": "not loaded (captions='none')"}
-        if self.nsd is None:
-            if self.captions == "required":
-                raise DataError(f"{self.root}: captions='required' needs nsd_root (nsd_stim_info_merged.csv + COCO)")
-            return {}, {"status": "unavailable: give nsd_root (and coco_annotations) to add COCO captions"}
-        return coco_captions(np.unique(ids), self.nsd.stim_info, self.annotations, self.captions)
+    def captions_of(self, ids: np.ndarray):
+        """``(captions, info, signature)``: COCO captions through ``nsd_root``, read on first use."""
+        if self.nsd is None or self.captions == "none":
+            status = "not loaded (captions='none')" if self.captions == "none" else \
+                "unavailable: give nsd_root (and coco_annotations) to add COCO captions"
+            return {}, {"status": status}, None
+        coco = CocoCaptions(ids, self.nsd.stim_info, self.annotations, self.captions,
+                            self.cache_dir if self.cache else None, self.nsd.expdesign)
+        captions = LazyCaptions(coco)
+        if self.captions == "required":
+            captions.read()  # asked for explicitly: read and checked now, before any compute
+        return captions, captions.info, coco.signature()
+
+
+class _ArraysAndDicts(pickle.Unpickler):
+    """Unpickles numpy arrays of plain Python objects and nothing that could run code."""
+
+    ALLOWED = {(m, n) for m in ("numpy.core.multiarray", "numpy._core.multiarray") for n in ("_reconstruct", "scalar")}
+    ALLOWED |= {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}  # encode: bytes in protocol 2
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        return super().find_class(module, name)
+
+
+def read_label_names(path: Path) -> dict[int, str]:
+    """A ``mapping_<roi>.npy``: an .npy holding a pickled {label: name} dictionary (0-d object array)."""
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                np.lib.format.read_array_header_2_0
+            _, _, dtype = read_header(f)
+            value = _ArraysAndDicts(f).load() if dtype.hasobject else None
+        mapping = value.item() if isinstance(value, np.ndarray) and value.shape == () else value
+        return {int(k): str(v) for k, v in mapping.items()}
+    except (ValueError, AttributeError, TypeError, OSError, EOFError, pickle.UnpicklingError) as e:
+        raise DataError(f"{path}: not a {{label: name}} dictionary ({type(e).__name__}: {e})") from None
 
 
 def inspect(root: Path) -> dict | None:

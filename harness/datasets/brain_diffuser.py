@@ -3,10 +3,25 @@
 Layout under ``root`` (brain-diffuser's ``data`` folder, or ``processed_data`` itself)::
 
     processed_data/subjXX/nsd_{train,test}_fmriavg_nsdgeneral_sub{N}.npy  images × nsdgeneral voxels,
-                                         raw betas (×300 units) averaged over each image's trials
-    processed_data/subjXX/nsd_{train,test}_stim_sub{N}.npy   images × 425 × 425 × 3 uint8
-    processed_data/subjXX/nsd_{train,test}_cap_sub{N}.npy    images × 5 COCO captions (unicode)
+                                         float64, raw betas (×300 units) averaged over each image's trials
+    processed_data/subjXX/nsd_{train,test}_stim_sub{N}.npy   images × 425 × 425 × 3, float64 holding
+                                         whole numbers 0–255 (the script fills ``np.zeros``); uint8 accepted
+    processed_data/subjXX/nsd_{train,test}_cap_sub{N}.npy    images × 5 COCO captions, fixed-width unicode
+                                         ('' where fewer), copied from COCO_73k_annots_curated.npy
     nsddata/experiments/nsd/nsd_expdesign.mat                 optional: recovers the 73k ids
+
+What its ``prepare_nsddata.py`` does (and the loader relies on): for the first 37 sessions
+(27,750 trials) of the NIfTI betas, the nsdgeneral voxels (``mask > 0``, C order) of each trial;
+an image's row is the mean of its trials; train = images with ``masterordering > 1000``; rows
+in order of first appearance; stimuli copied from ``imgBrick`` into float64 arrays.
+
+Checked (one line naming the file and the invariant): every file a plain array (no pickles),
+responses images × voxels of real numbers with the same voxels in train and test (and as many
+as ``nsdgeneral > 0`` where the mask is under ``root``), stimuli (rows, H, W, 3) with one row
+per response row, of whole numbers in 0..255 — the first row at load, then every row as it is
+read, converted to uint8 batch by batch (a 9,000-image float64 file is never held in memory).
+Captions are read on first use (:mod:`.nsd_captions`), so a run whose tasks need none never
+opens them.
 
 Stimulus ids. brain-diffuser orders the images of each split by first appearance in the trial
 sequence (test = shared images) and does not save their 73k ids. The loader recomputes that
@@ -35,12 +50,14 @@ from brainharness.data import Dataset, DatasetLoader, Responses, Stimuli, Subjec
 from brainharness.errors import DataError
 from brainharness.params import PATH, Param
 from .nsd import NSD
-from .nsd_common import (CACHE, CACHE_DIR, CAPTIONS_MODE, SUBJECT, VOXEL_BLOCK, drop_columns, existing_dir,
-                         finite_columns, gather, load_npy, public_meta, root_param, short_hash, subject_name,
-                         union_stimuli)
-from .nsd_files import Layout, read_design
+from .nsd_captions import LazyCaptions, NpyCaptions
+from .nsd_common import (CACHE, CACHE_DIR, CAPTIONS_MODE, SUBJECT, VOXEL_BLOCK, collect, drop_columns, existing_dir,
+                         finite_columns, gather, images_uint8, integer_labels, load_npy, numeric_array, public_meta,
+                         require_file, root_param, short_hash, subject_name, union_ids)
+from .nsd_design import read_design
+from .nsd_files import Layout, read_volume
 from brainharness.registry import register_dataset
-from .subject_cache import cached_subject, file_signature
+from .subject_cache import cached_subject, file_signature, source_signature
 
 KINDS = ("fmriavg_nsdgeneral", "stim", "cap")
 POSITIONAL = 100_000
@@ -60,25 +77,11 @@ def zscore_with(train: np.ndarray, *others: np.ndarray, ddof: int = 1) -> int:
     return zero
 
 
-def read_captions(path: Path, n: int, ids: np.ndarray, mode: str) -> tuple[dict, str]:
-    if mode == "none":
-        return {}, "not loaded (captions='none')"
-    if not path.exists():
-        if mode == "required":
-            raise DataError(f"{path}: not found (captions='required')")
-        return {}, f"unavailable: {path} not found"
-    caps = load_npy(path)
-    if len(caps) != n:
-        raise DataError(f"{path}: {len(caps)} rows, the fMRI file has {n}")
-    out = {}
-    for i, row in zip(ids, caps.reshape(n, -1)):
-        texts = [str(c).strip() for c in row]
-        out[int(i)] = list(dict.fromkeys(t for t in texts if t))
-    return out, f"loaded from {path.name}"
-
-
 class NpyImageReader:
-    """Images of the stimulus rows from memory-mapped ``.npy`` image arrays; opens them per call."""
+    """Images of the stimulus rows from memory-mapped ``.npy`` image arrays (opened per call),
+    converted to uint8 ``CHUNK`` rows at a time after checking their values (:func:`images_uint8`)."""
+
+    CHUNK = 16  # rows converted at once: bounded float64 temporaries (16 × 425 × 425 × 3 × 8 B ≈ 70 MB)
 
     def __init__(self, paths: list[Path], source: np.ndarray, source_row: np.ndarray, shape: tuple):
         self.paths, self.source, self.source_row, self.shape = [Path(p) for p in paths], source, source_row, shape
@@ -87,10 +90,24 @@ class NpyImageReader:
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
         out = np.empty((len(rows), *self.shape), dtype=np.uint8)
         for k, path in enumerate(self.paths):
-            sel = self.source[rows] == k
-            if sel.any():
-                out[sel] = load_npy(path, mmap=True)[self.source_row[rows[sel]]]
+            where = np.flatnonzero(self.source[rows] == k)
+            if where.size:
+                mm = load_npy(path, mmap=True)
+                for c0 in range(0, where.size, self.CHUNK):
+                    dest = where[c0:c0 + self.CHUNK]
+                    src = self.source_row[rows[dest]]
+                    out[dest] = images_uint8(mm[src], path, src)
         return out
+
+
+def stimulus_array(path: Path, n_rows: int) -> np.ndarray:
+    """The memory-mapped stimuli of ``path``: (n_rows, H, W, 3), the first row checked (whole numbers 0..255)."""
+    stim = load_npy(path, mmap=True)
+    if stim.ndim != 4 or stim.shape[0] != n_rows or stim.shape[3] != 3:
+        raise DataError(f"{path}: expected ({n_rows}, H, W, 3) images (one per response row), got {stim.shape}")
+    if n_rows:
+        images_uint8(stim[:1], path, [0])
+    return stim
 
 
 @register_dataset("nsd-brain-diffuser")
@@ -102,7 +119,7 @@ class BrainDiffuser(DatasetLoader):
     ``trials_sessions`` (37), ``beta_version`` (of the trials), ``captions`` (``auto`` | ``required`` |
     ``none``), ``cache``, ``cache_dir``."""
 
-    VERSION = "1"
+    VERSION = version = "1"  # in the data cache key and the result identity: bump when numbers change
     # declared capabilities; the only ROI is nsdgeneral (all voxels), so no named ROI masks
     provides = (Offer(SINGLE_TRIALS, lambda p: bool(p.get("trials_root")), "trials_root"),
                 Offer(CAPTIONS, lambda p: p.get("captions", "auto") != "none", "captions: auto or required"))
@@ -148,28 +165,38 @@ class BrainDiffuser(DatasetLoader):
         return None
 
     def files(self, subj: int) -> dict[str, dict[str, Path]]:
+        """The subject's files; the responses and stimuli must exist (captions are optional)."""
         folder = self.processed / subject_name(subj)
         if not folder.is_dir():
             raise DataError(f"{folder}: not found (no brain-diffuser data for {subject_name(subj)})")
-        return {split: {k: folder / f"nsd_{split}_{k}_sub{subj}.npy" for k in KINDS} for split in ("train", "test")}
+        files = {split: {k: folder / f"nsd_{split}_{k}_sub{subj}.npy" for k in KINDS} for split in ("train", "test")}
+        for split in files.values():
+            require_file(split["fmriavg_nsdgeneral"], "brain-diffuser's averaged responses")
+            require_file(split["stim"], "brain-diffuser's stimuli")
+        return files
 
     # -- loading -------------------------------------------------------------------------
     def load(self) -> Dataset:
         start = time.perf_counter()
         subjects, metas, caches = {}, {}, {}
+        files = {subj: self.files(subj) for subj in self.subjects}  # pre-flight: every subject's files exist
         for subj in self.subjects:
-            files = self.files(subj)
-            sources = [p for split in files.values() for k, p in split.items() if k != "stim" and p.exists()]
+            sources = [p for split in files[subj].values() for k, p in split.items() if k == KINDS[0]]
             sources += [self.design_path] if self.design_path else []
             params = {"loader": "nsd-brain-diffuser", "version": self.VERSION, "subject": subj,
-                      "design": str(self.design_path), "captions": self.captions,
+                      "design": str(self.design_path),
                       "trials": [str(self.trials_root), self.trials_sessions, self.beta_version]}
             name = subject_name(subj)
             subjects[name], metas[name], caches[name] = cached_subject(
                 self.cache_dir if self.cache else None, "brain-diffuser", name, params, sources,
                 lambda s=subj: self.load_subject(s))
-        ids, captions = union_stimuli(metas)
+        ids = union_ids(metas)
         reader, fingerprint = self.image_reader(ids, metas)
+        npy = NpyCaptions([(files[subj][s]["cap"], metas[subject_name(subj)][f"{s}_ids"])
+                           for subj in self.subjects for s in ("train", "test")], self.captions)
+        captions = LazyCaptions(npy)
+        if self.captions == "required":
+            captions.read()  # asked for explicitly: read and checked now, before any compute
         stimuli = Stimuli(ids=ids, read_images=reader, captions=captions, fingerprint=fingerprint)
         info = {"name": "nsd-brain-diffuser", "layout": "brain-diffuser processed_data", "root": str(self.root),
                 "scale": "÷300 (files hold raw beta units)",
@@ -177,8 +204,9 @@ class BrainDiffuser(DatasetLoader):
                 "ids": f"73k ids from {self.design_path} (first-appearance order)" if self.design_path else
                        f"positional ({POSITIONAL}·subject + row, train rows first): no nsd_expdesign.mat",
                 "fingerprint": fingerprint,
-                "subjects": public_meta(metas),
-                "cache": caches, "load_seconds": round(time.perf_counter() - start, 3)}
+                "subjects": public_meta(metas), "captions": captions.info,
+                "cache": caches, "source_signature": {**source_signature(caches), "captions": npy.signature()},
+                "load_seconds": round(time.perf_counter() - start, 3)}
         return Dataset(name="nsd-brain-diffuser", stimuli=stimuli, subjects=subjects, info=info)
 
     def stimulus_ids(self, subj: int, n_train: int, n_test: int, files) -> tuple[np.ndarray, np.ndarray]:
@@ -214,18 +242,17 @@ class BrainDiffuser(DatasetLoader):
         files = self.files(subj)
         fmri = {}
         for s in ("train", "test"):
-            mm = load_npy(files[s]["fmriavg_nsdgeneral"], mmap=True)
+            path = files[s]["fmriavg_nsdgeneral"]
+            mm = numeric_array(path, load_npy(path, mmap=True), "responses")
             if mm.ndim != 2:
-                raise DataError(f"{files[s]['fmriavg_nsdgeneral']}: expected images × voxels, got shape {mm.shape}")
+                raise DataError(f"{path}: expected images × voxels, got shape {mm.shape}")
             fmri[s] = gather([mm])
         if fmri["train"].shape[1] != fmri["test"].shape[1]:
             raise DataError(f"{files['test']['fmriavg_nsdgeneral']}: {fmri['test'].shape[1]} voxels, "
                             f"{files['train']['fmriavg_nsdgeneral'].name} has {fmri['train'].shape[1]}")
+        self._check_voxels_against_nsdgeneral(subj, files["train"]["fmriavg_nsdgeneral"], fmri["train"].shape[1])
         for s in ("train", "test"):
-            stim = load_npy(files[s]["stim"], mmap=True)
-            if stim.ndim != 4 or stim.shape[0] != len(fmri[s]) or stim.shape[3] != 3 or stim.dtype != np.uint8:
-                raise DataError(f"{files[s]['stim']}: expected ({len(fmri[s])}, H, W, 3) uint8 images, "
-                                f"got {stim.shape} {stim.dtype}")
+            stimulus_array(files[s]["stim"], len(fmri[s]))
         ids = dict(zip(("train", "test"), self.stimulus_ids(subj, len(fmri["train"]), len(fmri["test"]), files)))
         keep = finite_columns(fmri["train"], fmri["test"])
         for s in fmri:
@@ -237,16 +264,22 @@ class BrainDiffuser(DatasetLoader):
         subject = Subject(name=subject_name(subj), train=responses["train"], test=responses["test"],
                           rois={"nsdgeneral": np.ones(int(keep.sum()), dtype=bool)}, noise_ceiling=nc,
                           nc_source=nc_source)
-        captions, caption_info = {}, {}
-        for s in fmri:
-            c, caption_info[s] = read_captions(files[s]["cap"], len(ids[s]), ids[s], self.captions)
-            captions.update(c)
         meta = {"n_train_images": len(ids["train"]), "n_test_images": len(ids["test"]), "n_voxels": int(keep.sum()),
                 "nan_voxels": {"handling": "drop", "dropped": int((~keep).sum())}, "zero_sd_voxels": zero_sd,
-                "noise_ceiling": nc_source, "captions_info": caption_info, "captions": captions,
-                "stim_files": [str(files[s]["stim"]) for s in ("train", "test")],
+                "noise_ceiling": nc_source, "stim_files": [str(files[s]["stim"]) for s in ("train", "test")],
                 "stim_ids": np.r_[ids["train"], ids["test"]], "train_ids": ids["train"], "test_ids": ids["test"]}
         return subject, meta
+
+    def _check_voxels_against_nsdgeneral(self, subj: int, path: Path, n_voxels: int) -> None:
+        """The prepare script keeps exactly the ``nsdgeneral > 0`` voxels: check where the mask is at hand."""
+        for base in (self.root, self.trials_root):
+            mask = Layout(base).roi(subj, "nsdgeneral") if base is not None else None
+            if mask is not None and mask.exists():
+                n_mask = int((integer_labels(mask, read_volume(mask)) > 0).sum())
+                if n_mask != n_voxels:
+                    raise DataError(f"{path}: {n_voxels} voxels, but {mask} has {n_mask} voxels > 0 "
+                                    "(brain-diffuser keeps exactly those)")
+                return
 
     def trials(self, subj: int, ids: dict, n_voxels: int, all_finite: bool) -> tuple[dict, np.ndarray | None, str]:
         """Single trials and the noise ceiling from the NSD official layout, when ``trials_root`` is given."""
@@ -275,7 +308,7 @@ class BrainDiffuser(DatasetLoader):
         for subj in self.subjects:
             files, meta = self.files(subj), metas[subject_name(subj)]
             for split in ("train", "test"):
-                arr = load_npy(files[split]["stim"], mmap=True)
+                arr = stimulus_array(files[split]["stim"], len(meta[f"{split}_ids"]))
                 shape = shape or arr.shape[1:]
                 if arr.shape[1:] != shape:
                     raise DataError(f"{files[split]['stim']}: images of shape {arr.shape[1:]}, others have {shape}")
@@ -300,19 +333,25 @@ def inspect(root: Path) -> dict | None:
     for folder in sorted(set(folders)):
         subj, entry = int(folder.name[4:]), {}
         for split in ("train", "test"):
-            shapes = {}
+            shapes, dtypes = {}, {}
             for kind in KINDS:
                 path = folder / f"nsd_{split}_{kind}_sub{subj}.npy"
                 if not path.exists():
                     (notes if kind == "cap" else problems).append(f"{path}: not found")
                     continue
                 try:
-                    shapes[kind] = load_npy(path, mmap=True).shape
+                    a = load_npy(path, mmap=True)
+                    shapes[kind], dtypes[kind] = a.shape, a.dtype
                 except DataError as e:
-                    problems.append(str(e))
+                    (notes if kind == "cap" else problems).append(str(e))
             rows = {k: s[0] for k, s in shapes.items()}
             if len(set(rows.values())) > 1:
                 problems.append(f"{folder}: {split} files disagree on the number of images ({rows})")
+            elif "stim" in rows:
+                collect(problems, stimulus_array, folder / f"nsd_{split}_stim_sub{subj}.npy", rows["stim"])
+            if "cap" in dtypes and dtypes["cap"].kind not in "US":
+                notes.append(f"{folder / f'nsd_{split}_cap_sub{subj}.npy'}: captions of type {dtypes['cap']} "
+                             "(not strings): unavailable to tasks that need captions")
             entry[split] = {"images": rows.get("fmriavg_nsdgeneral"), "voxels": (shapes.get("fmriavg_nsdgeneral") or
                                                                                  (None, None))[1]}
         if entry["train"]["voxels"] != entry["test"]["voxels"]:

@@ -39,8 +39,8 @@ def format_report(result: dict) -> str:
         lines.append(f"  layout: {r['layout']} ({r['description']})")
         if "design" in r:
             d = r["design"]
-            lines.append(f"    design: {d['trials']} trials, {d['subjects']} subjects × {d['images_per_subject']} "
-                         f"images, {d['shared']} shared")
+            lines.append(f"    design: {d['trials']} trials in {d['sessions']} sessions, {d['subjects']} subjects × "
+                         f"{d['images_per_subject']} images, {d['shared']} shared")
         if "images" in r:
             lines.append(f"    images: {r['images']['n']} of {'×'.join(map(str, r['images']['shape']))}")
         if "ids" in r:

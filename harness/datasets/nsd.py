@@ -3,8 +3,8 @@
 Layout under ``root`` (the folder that holds ``nsddata``, ``nsddata_betas``, ``nsddata_stimuli``)::
 
     nsddata/experiments/nsd/nsd_expdesign.mat          masterordering (1×30000), subjectim (8×10000),
-                                                       sharedix — all 1-based
-    nsddata/experiments/nsd/nsd_stim_info_merged.csv   nsdId (0-based) → cocoId, cocoSplit
+                                                       sharedix — all 1-based; stimpattern (40×12×75)
+    nsddata/experiments/nsd/nsd_stim_info_merged.csv   nsdId (0-based) → cocoId, cocoSplit, subjectN_repK
     nsddata/ppdata/subjXX/<space>/roi/{nsdgeneral,prf-visualrois,floc-faces,floc-bodies,
                                        floc-places,floc-words}.nii.gz
     nsddata/freesurfer/subjXX/label/<roi>.mgz.ctab     label names (defaults below when absent)
@@ -22,21 +22,31 @@ len(sharedix)`` (1000: the shared1000 images). ``Responses.averaged`` is the mea
 image's z-scored trials over the sessions loaded (1, 2 or 3 of them); the noise ceiling uses
 the NSD formula with the mixed-repeat correction for the test images' counts.
 
+Checked before any betas are read (headers only; one line naming the file and the invariant):
+the design file's own invariants (:mod:`.nsd_design`), every session's trial count against its
+design session (750; a different count would pair every later trial with the wrong image), no
+session beyond those the subject completed (40, 40, 32, 30, 40, 32, 40, 30), betas dtype (int16,
+or floats taken as already divided) and volume against nsdgeneral, imgBrick (images, H, W, 3)
+uint8 holding every id; ROI volumes must match nsdgeneral and hold whole-number labels that
+their colour table names.
+
 Documented handling, recorded in ``Dataset.info``: voxels with NaN/inf betas in any session
 are dropped (``nan_voxels="drop"``) or raise (``"error"``); voxels constant within a session
 become 0 there (counted); ROI files that are missing and ROIs with no nsdgeneral voxel are
-listed and left out; missing caption files leave the captions empty (``captions="auto"``) or
-raise (``"required"``); a subject with fewer sessions than NSD's count is loaded with the
-sessions present (a gap in the numbering raises).
+listed and left out; a subject with fewer sessions than NSD's count is loaded with the
+sessions present (a gap in the numbering raises). Captions are read on first use
+(:mod:`.nsd_captions`): a run whose tasks need none never opens the stimulus table or COCO
+files; missing caption files leave them empty (``captions="auto"``), and ``"required"`` reads
+and checks them at load time.
 """
 from __future__ import annotations
 
 import logging
 import re
 import time
+from functools import cached_property
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from brainharness.cache import cache_root
@@ -46,16 +56,17 @@ from brainharness.errors import DataError
 from brainharness.metrics.noise_ceiling import zscore_within_sessions
 from brainharness.params import PATH, Param
 from brainharness.registry import register_dataset
-from .nsd_common import (CACHE, CACHE_DIR, CAPTIONS_MODE, SUBJECT, average_trials, drop_columns, existing_dir,
-                         finish_rois, label_rois, public_meta, root_param, subject_name, test_noise_ceiling,
-                         union_stimuli)
-from .nsd_files import (SESSION_RE, Layout, SessionFile, coco_captions, find_sessions, imgbrick_reader, read_ctab,
-                        read_design, read_volume)
-from .subject_cache import cached_subject
+from .nsd_captions import CocoCaptions, LazyCaptions
+from .nsd_common import (CACHE, CACHE_DIR, CAPTIONS_MODE, SUBJECT, average_trials, collect, drop_columns,
+                         existing_dir, finish_rois, integer_labels, label_rois, public_meta, require_file, root_param,
+                         subject_name, test_noise_ceiling, union_ids)
+from .nsd_design import DESIGN_NEEDED, SESSIONS, Design, read_design
+from .nsd_files import (SESSION_RE, Layout, SessionFile, find_sessions, imgbrick_reader, imgbrick_shape, read_ctab,
+                        read_volume, volume_shape)
+from .subject_cache import cached_subject, source_signature
 
 log = logging.getLogger(__name__)
 
-SESSIONS = {1: 40, 2: 40, 3: 32, 4: 30, 5: 40, 6: 32, 7: 40, 8: 30}  # completed NSD sessions
 BETA_VERSIONS = ("betas_fithrf_GLMdenoise_RR", "betas_fithrf", "betas_assumehrf")
 ROI_FILES = ("prf-visualrois", "floc-faces", "floc-bodies", "floc-places", "floc-words")
 DEFAULT_LABELS = {
@@ -83,7 +94,7 @@ class NSD(DatasetLoader):
     (save/reuse the preprocessed subject under ``<cache_dir>/datasets/``) and ``cache_dir``.
     """
 
-    VERSION = "1"
+    VERSION = version = "1"  # in the data cache key and the result identity: bump when numbers change
     provides = (SINGLE_TRIALS, ROI_MASKS,  # declared capabilities
                 Offer(CAPTIONS, lambda p: p.get("captions", "auto") != "none", "captions: auto or required"))
     params = {
@@ -114,6 +125,11 @@ class NSD(DatasetLoader):
             self.layout.annotations
         self.cache = p["cache"]
         self.cache_dir = cache_root(p["cache_dir"])
+        require_file(self.layout.expdesign, DESIGN_NEEDED)  # every subject needs it: fail before anything runs
+
+    @cached_property
+    def design(self) -> Design:
+        return read_design(self.layout.expdesign)
 
     # -- files ---------------------------------------------------------------------------
     def session_files(self, subj: int) -> list[SessionFile]:
@@ -137,28 +153,50 @@ class NSD(DatasetLoader):
             files.append(SessionFile(have[fmt], fmt))
         return files
 
+    def checked_sessions(self, subj: int) -> tuple[list[SessionFile], list[int]]:
+        """The subject's beta files and their trial counts, checked from the headers against the
+        nsdgeneral volume and the design (nothing is read but headers)."""
+        files = self.session_files(subj)
+        mask = require_file(self.layout.roi(subj, "nsdgeneral"), "the nsdgeneral mask: which voxels are read")
+        volume = volume_shape(mask)
+        counts = []
+        for f in files:
+            xyz, n, _ = f.header()
+            if tuple(xyz) != volume:
+                raise DataError(f"{f.path}: volume {tuple(xyz)} does not match {mask.name} {volume}")
+            counts.append(n)
+        numbered = [(int(SESSION_RE.match(f.path.name).group(1)), f.path, n) for f, n in zip(files, counts)]
+        problems = self.design.session_problems(subj, numbered)
+        if problems:
+            raise DataError(problems[0])
+        return files, counts
+
     def sources(self, subj: int, files: list[SessionFile]) -> list[Path]:
         paths = [f.path for f in files] + [self.layout.expdesign, self.layout.roi(subj, "nsdgeneral")]
         for name in ROI_FILES:
             paths += [p for p in (self.layout.roi(subj, name), self.layout.ctab(subj, name)) if p.exists()]
-        if self.captions != "none":
-            paths += [p for p in (self.layout.stim_info, *self.annotations.glob("captions_*2017.json")) if p.exists()]
         return paths
 
     def preprocessing(self, files: list[SessionFile]) -> dict:
         return {"loader": "nsd", "version": self.VERSION, "beta_version": self.beta_version, "space": self.layout.space,
-                "files": [f"{f.path.name}:{f.fmt}" for f in files], "nan_voxels": self.nan_voxels,
-                "captions": self.captions}
+                "files": [f"{f.path.name}:{f.fmt}" for f in files], "nan_voxels": self.nan_voxels}
 
     # -- loading -------------------------------------------------------------------------
     def load(self) -> Dataset:
         start = time.perf_counter()
+        imgbrick_shape(self.layout.imgbrick)  # pre-flight: every file is checked before any betas are read
+        checked = {subj: self.checked_sessions(subj) for subj in self.subjects}
         subjects, metas, caches = {}, {}, {}
         for subj in self.subjects:
             name = subject_name(subj)
-            subjects[name], metas[name], caches[name] = self.subject(subj)
-        ids, captions = union_stimuli(metas)
+            subjects[name], metas[name], caches[name] = self.subject(subj, checked[subj])
+        ids = union_ids(metas)
         reader, fingerprint = imgbrick_reader(self.layout.imgbrick, ids)
+        coco = CocoCaptions(ids, self.layout.stim_info, self.annotations, self.captions,
+                            self.cache_dir if self.cache else None, self.layout.expdesign)
+        captions = LazyCaptions(coco)
+        if self.captions == "required":
+            captions.read()  # asked for explicitly: read and checked now, before any compute
         stimuli = Stimuli(ids=ids, read_images=reader, captions=captions, fingerprint=fingerprint)
         info = {"name": "nsd", "layout": "nsd-official", "root": str(self.root), "space": self.layout.space,
                 "beta_version": self.beta_version, "format_requested": self.format,
@@ -166,37 +204,30 @@ class NSD(DatasetLoader):
                 "voxels": "nsdgeneral > 0, NIfTI (X, Y, Z) C order",
                 "test_split": "shared1000 (masterordering ≤ len(sharedix))",
                 "images": str(self.layout.imgbrick), "fingerprint": fingerprint,
-                "subjects": public_meta(metas),
-                "cache": caches, "load_seconds": round(time.perf_counter() - start, 3)}
+                "subjects": public_meta(metas), "captions": captions.info,
+                "cache": caches, "source_signature": {**source_signature(caches), "captions": coco.signature()},
+                "load_seconds": round(time.perf_counter() - start, 3)}
         return Dataset(name="nsd", stimuli=stimuli, subjects=subjects, info=info)
 
-    def subject(self, subj: int) -> tuple[Subject, dict, dict]:
+    def subject(self, subj: int, checked=None) -> tuple[Subject, dict, dict]:
         """One subject (from the subject cache when possible): ``(subject, meta, cache_info)``."""
-        files = self.session_files(subj)
+        files, counts = checked or self.checked_sessions(subj)
         return cached_subject(self.cache_dir if self.cache else None, "nsd", subject_name(subj),
                               {**self.preprocessing(files), "subject": subj}, self.sources(subj, files),
-                              lambda: self.load_subject(subj, files))
+                              lambda: self.load_subject(subj, files, counts))
 
-    def load_subject(self, subj: int, files: list[SessionFile]) -> tuple[Subject, dict]:
+    def load_subject(self, subj: int, files: list[SessionFile], counts: list[int]) -> tuple[Subject, dict]:
         name = subject_name(subj)
         mask_path = self.layout.roi(subj, "nsdgeneral")
-        general = read_volume(mask_path)
+        general = integer_labels(mask_path, read_volume(mask_path))
         coords = np.array(np.nonzero(general > 0))  # (3, V): X, Y, Z in C order
         if coords.shape[1] == 0:
             raise DataError(f"{mask_path}: no voxel > 0")
-        counts = []
-        for f in files:
-            xyz, n, _ = f.header()
-            if tuple(xyz) != general.shape:
-                raise DataError(f"{f.path}: volume {tuple(xyz)} does not match {mask_path.name} {general.shape}")
-            counts.append(n)
-        design = read_design(self.layout.expdesign)
-        trial_ids, trial_test = design.trials(subj, sum(counts))
+        trial_ids, trial_test = self.design.trials(subj, sum(counts))
         if not trial_test.any() or trial_test.all():
             raise DataError(f"{files[-1].path.parent}: the {len(files)} sessions loaded hold no "
                             f"{'test (shared)' if not trial_test.any() else 'training'} trials")
-        captions, caption_info = coco_captions(np.unique(trial_ids), self.layout.stim_info, self.annotations,
-                                               self.captions)
+        rois, roi_info = self.roi_labels(subj, general.shape, coords)  # checked before any betas are read
         split_trials, bad, notes = self.read_sessions(files, counts, coords, trial_test)
         keep = ~bad
         responses = {}
@@ -205,7 +236,7 @@ class NSD(DatasetLoader):
             ids, averaged = average_trials(trials, trial_ids[sel])
             responses[split] = Responses(ids, averaged, trials, trial_ids[sel])
         coords = coords[:, keep]
-        rois, roi_info = self.rois(subj, general.shape, coords)
+        rois, roi_info["rois_empty"] = finish_rois({k: v[keep] for k, v in rois.items()})
         nc, nc_source = test_noise_ceiling(responses["train"], responses["test"])
         subject = Subject(name=name, train=responses["train"], test=responses["test"], rois=rois,
                           noise_ceiling=nc, nc_source=nc_source)
@@ -215,8 +246,7 @@ class NSD(DatasetLoader):
                 "n_train_images": len(responses["train"].stim_ids), "n_test_images": len(responses["test"].stim_ids),
                 "nan_voxels": {"handling": self.nan_voxels, "dropped": int(bad.sum()), "files": notes["nan_files"]},
                 "constant_in_a_session_voxels": int((notes["constant"] & keep).sum()), **roi_info,
-                "noise_ceiling": nc_source, "captions_info": caption_info, "captions": captions,
-                "stim_ids": np.unique(trial_ids), "voxel_xyz": coords.T.astype(np.int16)}
+                "noise_ceiling": nc_source, "stim_ids": np.unique(trial_ids), "voxel_xyz": coords.T.astype(np.int16)}
         return subject, meta
 
     def read_sessions(self, files, counts, coords, trial_test) -> tuple[dict[str, np.ndarray], np.ndarray, dict]:
@@ -249,7 +279,8 @@ class NSD(DatasetLoader):
             offset += n
         return out, bad, {"nan_files": nan_files, "constant": constant}
 
-    def rois(self, subj: int, shape, coords: np.ndarray) -> tuple[dict[str, np.ndarray], dict]:
+    def roi_labels(self, subj: int, shape, coords: np.ndarray) -> tuple[dict[str, np.ndarray], dict]:
+        """ROI masks over the nsdgeneral voxels ``coords``, each file checked (volume, labels named)."""
         rois = {"nsdgeneral": np.ones(coords.shape[1], dtype=bool)}
         missing, names_from = [], {}
         for roi in ROI_FILES:
@@ -263,9 +294,9 @@ class NSD(DatasetLoader):
             ctab = self.layout.ctab(subj, roi)
             names = read_ctab(ctab) if ctab.exists() else DEFAULT_LABELS[roi]
             names_from[roi] = ctab.name if ctab.exists() else "default labels"
-            rois.update(label_rois(np.rint(vol[tuple(coords)]).astype(np.int64), names))
-        rois, empty = finish_rois(rois)
-        return rois, {"roi_files_missing": missing, "rois_empty": empty, "roi_labels": names_from}
+            labels = integer_labels(path, vol, names, ctab.name if ctab.exists() else f"NSD's labels for {roi}")
+            rois.update(label_rois(labels[tuple(coords)], names))
+        return rois, {"roi_files_missing": missing, "roi_labels": names_from}
 
 
 # --------------------------------------------------------------------------------------------
@@ -278,18 +309,14 @@ def inspect(root: Path) -> dict | None:
     layout, problems, notes = Layout(root), [], []
     report = {"layout": "nsd", "description": "NSD official layout", "root": str(root), "subjects": {},
               "problems": problems, "notes": notes}
-    design = _try(problems, read_design, layout.expdesign)
+    design = collect(problems, read_design, layout.expdesign)
     if design is not None:
-        report["design"] = {"trials": len(design.masterordering), "subjects": design.subjectim.shape[0],
-                            "images_per_subject": design.subjectim.shape[1], "shared": design.n_shared}
-    if layout.imgbrick.exists():
-        try:
-            with h5py.File(layout.imgbrick, "r") as f:
-                report["images"] = {"n": int(f["imgBrick"].shape[0]), "shape": list(f["imgBrick"].shape[1:])}
-        except (OSError, KeyError) as e:
-            problems.append(f"{layout.imgbrick}: no readable 'imgBrick' ({e})")
-    else:
-        problems.append(f"{layout.imgbrick}: not found (the NSD images)")
+        report["design"] = {"trials": len(design.masterordering), "sessions": design.n_sessions,
+                            "subjects": design.subjectim.shape[0], "images_per_subject": design.subjectim.shape[1],
+                            "shared": design.n_shared}
+    shape = collect(problems, imgbrick_shape, layout.imgbrick)
+    if shape is not None:
+        report["images"] = {"n": int(shape[0]), "shape": list(shape[1:])}
     for p in (layout.stim_info, layout.annotations / "captions_train2017.json",
               layout.annotations / "captions_val2017.json"):
         if not p.exists():
@@ -303,17 +330,9 @@ def inspect(root: Path) -> dict | None:
     return report
 
 
-def _try(problems: list, fn, *args):
-    try:
-        return fn(*args)
-    except DataError as e:
-        problems.append(str(e))
-        return None
-
-
 def _inspect_subject(layout: Layout, subj: int, design, problems: list, notes: list) -> dict:
     entry = {"sessions_in_nsd": SESSIONS[subj]}
-    general = _try(problems, read_volume, layout.roi(subj, "nsdgeneral"))
+    general = collect(problems, read_volume, layout.roi(subj, "nsdgeneral"))
     if general is not None:
         entry.update(voxels=int((general > 0).sum()), volume=list(general.shape))
     missing = [n for n in ROI_FILES if not layout.roi(subj, n).exists()]
@@ -329,12 +348,13 @@ def _inspect_subject(layout: Layout, subj: int, design, problems: list, notes: l
         if gaps:
             problems.append(f"{folder / f'betas_session{gaps[0]:02d}'}.(hdf5|nii.gz): missing session "
                             f"({len(gaps)} missing before session {max(found)})")
-        trials = 0
+        trials, numbered = 0, []
         for n, files in sorted(found.items()):
             for fmt, path in files.items():
-                head = _try(problems, SessionFile(path, fmt).header)
+                head = collect(problems, SessionFile(path, fmt).header)
                 if head is None:
                     continue
+                numbered.append((n, path, head[1]))
                 if general is not None and tuple(head[0]) != general.shape:
                     problems.append(f"{path}: volume {tuple(head[0])} does not match nsdgeneral {general.shape}")
             trials += head[1] if head else 0
@@ -342,8 +362,8 @@ def _inspect_subject(layout: Layout, subj: int, design, problems: list, notes: l
         entry["betas"][folder.name] = {"sessions": len(found), "formats": formats, "trials": int(trials)}
         if len(found) < SESSIONS[subj]:
             notes.append(f"{folder}: {len(found)} of NSD's {SESSIONS[subj]} sessions (loaded as an incomplete subject)")
-        if design is not None and trials > len(design.masterordering):
-            problems.append(f"{folder}: {trials} trials, {design.path.name} lists {len(design.masterordering)}")
+        if design is not None:
+            problems += design.session_problems(subj, numbered)
     if not entry["betas"]:
         problems.append(f"{betas}: no beta files for {subject_name(subj)}")
     return entry

@@ -94,6 +94,69 @@ def drop_columns(a: np.ndarray, keep: np.ndarray, block_rows: int = 1024) -> np.
     return flat[:n * k].reshape(n, k)
 
 
+def require_file(path: Path, why: str) -> Path:
+    """``path`` if it is a file, else DataError ``<path>: not found (<why>)`` (the line `data check` prints too)."""
+    if not path.is_file():
+        raise DataError(f"{path}: not found ({why})")
+    return path
+
+
+def integer_labels(path: Path, values: np.ndarray, names: dict[int, str] | None = None,
+                   named_in: str = "") -> np.ndarray:
+    """ROI label values as int64: they must be whole numbers, and every label > 0 must have a name
+    in ``names`` (from ``named_in``) — a label without a name would silently drop its voxels."""
+    values = np.asarray(values)
+    if values.dtype.kind not in "biuf":
+        raise DataError(f"{path}: ROI labels of type {values.dtype}, expected whole numbers")
+    if values.dtype.kind == "f":
+        bad = ~np.isfinite(values) | (values != np.rint(values))
+        if bad.any():
+            raise DataError(f"{path}: ROI labels must be whole numbers, found {values[bad].flat[0].item()!r}")
+    labels = values.astype(np.int64)
+    if names is not None:
+        unknown = np.setdiff1d(np.unique(labels[labels > 0]), np.fromiter(names, dtype=np.int64))
+        if unknown.size:
+            raise DataError(f"{path}: label {int(unknown[0])} has no name in {named_in} "
+                            f"(named: {', '.join(map(str, sorted(names)))})")
+    return labels
+
+
+def images_uint8(block: np.ndarray, path: Path, rows) -> np.ndarray:
+    """``block`` (images read from ``path``, file rows ``rows``) as uint8.
+
+    brain-diffuser saves its stimuli as float64 holding whole numbers 0–255; any numeric dtype is
+    accepted when every value is a whole number in 0..255 (checked on the rows read), else the
+    first bad row is named."""
+    if block.dtype == np.uint8:
+        return block
+    if block.dtype.kind not in "iuf":
+        raise DataError(f"{path}: images of type {block.dtype}, expected values 0–255 (uint8 or whole-number floats)")
+    bad = (block < 0) | (block > 255)
+    if block.dtype.kind == "f":
+        bad |= block != np.rint(block)  # also NaN
+    if bad.any():
+        i = tuple(np.argwhere(bad)[0])
+        raise DataError(f"{path}: row {int(np.asarray(rows)[i[0]])} holds {block[i].item()!r}, not a whole number in "
+                        "0..255 (image values)")
+    return block.astype(np.uint8)
+
+
+def numeric_array(path: Path, a: np.ndarray, what: str) -> np.ndarray:
+    """``a`` if it holds real numbers (float or integer), else DataError naming ``path``."""
+    if a.dtype.kind not in "iuf":
+        raise DataError(f"{path}: {what} of type {a.dtype}, expected real numbers")
+    return a
+
+
+def collect(problems: list, fn, *args):
+    """``fn(*args)``, or None with its DataError line appended to ``problems`` (`data check` reports them all)."""
+    try:
+        return fn(*args)
+    except DataError as e:
+        problems.append(str(e))
+        return None
+
+
 def load_npy(path: Path, mmap: bool = False) -> np.ndarray:
     """``np.load`` without pickles (optionally memory-mapped); problems name the file."""
     if not path.exists():
@@ -186,8 +249,6 @@ def public_meta(metas: dict[str, dict]) -> dict[str, dict]:
     return {n: {k: v for k, v in m.items() if not isinstance(v, np.ndarray)} for n, m in metas.items()}
 
 
-def union_stimuli(metas: dict[str, dict]) -> tuple[np.ndarray, dict[int, list[str]]]:
-    """Union of the subjects' stimulus ids (meta ``stim_ids``) and captions (meta ``captions``, popped)."""
-    ids = np.unique(np.concatenate([m["stim_ids"] for m in metas.values()]))
-    captions = {int(k): v for m in metas.values() for k, v in m.pop("captions").items()}
-    return ids, captions
+def union_ids(metas: dict[str, dict]) -> np.ndarray:
+    """Union of the subjects' stimulus ids (meta ``stim_ids``), sorted."""
+    return np.unique(np.concatenate([m["stim_ids"] for m in metas.values()]))

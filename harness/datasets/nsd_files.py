@@ -1,8 +1,8 @@
 """Readers of the files of NSD's official layout (paths, beta sessions, volumes, colour tables,
-experimental design, COCO captions, the image brick); the layout is described in :mod:`.nsd`."""
+the image brick); the layout is described in :mod:`.nsd`, the design in :mod:`.nsd_design`,
+the captions in :mod:`.nsd_captions`."""
 from __future__ import annotations
 
-import json
 import re
 import zlib
 from dataclasses import dataclass
@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 
 from brainharness.errors import DataError
-from .nsd_common import short_hash, subject_name
+from .nsd_common import require_file, short_hash, subject_name
 from .subject_cache import file_signature
 
 SCALE = 300.0  # int16 betas store percent signal change × 300
@@ -79,14 +79,14 @@ class SessionFile:
                 with h5py.File(self.path, "r") as f:
                     ds = _betas_dataset(f, self.path)
                     t, z, y, x = ds.shape
-                    return (x, y, z), t, ds.dtype
+                    return (x, y, z), t, _betas_dtype(self.path, ds.dtype)
             import nibabel as nib
 
             img = nib.load(self.path)
             if len(img.shape) != 4:
                 raise DataError(f"{self.path}: expected a 4-D (X, Y, Z, trials) volume, got shape {img.shape}")
             *xyz, t = img.shape
-            return tuple(xyz), t, img.get_data_dtype()
+            return tuple(xyz), t, _betas_dtype(self.path, img.get_data_dtype())
         except (OSError, ValueError) as e:
             raise DataError(f"{self.path}: unreadable betas file ({e})") from None
 
@@ -135,6 +135,14 @@ def _betas_dataset(f: h5py.File, path: Path):
     return ds
 
 
+def _betas_dtype(path: Path, dtype) -> np.dtype:
+    """NSD stores betas as int16 (= beta × 300); floats are taken as betas already divided."""
+    dtype = np.dtype(dtype)
+    if dtype != np.int16 and dtype.kind != "f":
+        raise DataError(f"{path}: betas of type {dtype}; NSD stores int16 (beta × 300), or give floats")
+    return dtype
+
+
 def _descale(out: np.ndarray, dtype) -> np.ndarray:
     if np.issubdtype(np.dtype(dtype), np.integer):
         out /= SCALE
@@ -148,6 +156,16 @@ def read_volume(path: Path) -> np.ndarray:
         raise DataError(f"{path}: not found")
     try:
         return np.asanyarray(nib.load(path).dataobj)
+    except Exception as e:  # nibabel raises many types on bad files
+        raise DataError(f"{path}: unreadable NIfTI ({e})") from None
+
+
+def volume_shape(path: Path) -> tuple[int, ...]:
+    """The shape of a NIfTI volume from its header (no voxel is read)."""
+    import nibabel as nib
+
+    try:
+        return tuple(nib.load(path).shape)
     except Exception as e:  # nibabel raises many types on bad files
         raise DataError(f"{path}: unreadable NIfTI ({e})") from None
 
@@ -168,107 +186,8 @@ def read_ctab(path: Path) -> dict[int, str]:
 
 
 # --------------------------------------------------------------------------------------------
-# Experimental design, captions, images
+# Images
 # --------------------------------------------------------------------------------------------
-@dataclass
-class Design:
-    path: Path
-    masterordering: np.ndarray  # 1-based indices into a subject's 10k images, one per trial
-    subjectim: np.ndarray  # (8, 10000) 1-based 73k ids
-    n_shared: int
-
-    def trials(self, subj: int, n_trials: int) -> tuple[np.ndarray, np.ndarray]:
-        """0-based 73k id and test flag (shared image) of the first ``n_trials`` trials of ``subj``."""
-        if n_trials > len(self.masterordering):
-            raise DataError(f"{self.path}: masterordering lists {len(self.masterordering)} trials, "
-                            f"the sessions loaded hold {n_trials}")
-        if subj > self.subjectim.shape[0]:
-            raise DataError(f"{self.path}: subjectim has {self.subjectim.shape[0]} rows, no subject {subj}")
-        order = self.masterordering[:n_trials]
-        return self.subjectim[subj - 1, order - 1] - 1, order <= self.n_shared
-
-    def first_appearance(self, subj: int) -> tuple[np.ndarray, np.ndarray]:
-        """Train and test 73k ids in order of first appearance over all trials (brain-diffuser's order)."""
-        ids, test = self.trials(subj, len(self.masterordering))
-        out = []
-        for sel in (~test, test):
-            uniq, first = np.unique(ids[sel], return_index=True)
-            out.append(uniq[np.argsort(first)])
-        return out[0], out[1]
-
-
-def read_design(path: Path) -> Design:
-    from scipy.io import loadmat
-
-    if not path.exists():
-        raise DataError(f"{path}: not found (needed to map trials to images)")
-    try:
-        m = loadmat(path, variable_names=["masterordering", "subjectim", "sharedix"])
-    except Exception as e:  # scipy raises NotImplementedError for v7.3, ValueError for junk
-        raise DataError(f"{path}: unreadable MATLAB file ({type(e).__name__}: {e})") from None
-    for key in ("masterordering", "subjectim"):
-        if key not in m:
-            raise DataError(f"{path}: no variable {key!r}")
-    order = np.asarray(m["masterordering"]).reshape(-1).astype(np.int64)
-    subjectim = np.atleast_2d(np.asarray(m["subjectim"])).astype(np.int64)
-    n_shared = int(np.asarray(m["sharedix"]).size) if "sharedix" in m else 1000
-    if order.size == 0 or order.min() < 1 or order.max() > subjectim.shape[1] or subjectim.min() < 1:
-        raise DataError(f"{path}: masterordering/subjectim are not 1-based indices within range")
-    return Design(path, order, subjectim, n_shared)
-
-
-def coco_captions(ids: np.ndarray, stim_info: Path, annotations: Path, mode: str) -> tuple[dict, dict]:
-    """Captions of 0-based 73k ids via nsd_stim_info_merged.csv (nsdId → cocoId, cocoSplit) and COCO json."""
-    if mode == "none":
-        return {}, {"status": "not loaded (captions='none')"}
-    missing = [p for p in (stim_info, annotations) if not p.exists()]
-    if missing:
-        return _no_captions(f"{missing[0]}: not found", mode)
-    import pandas as pd
-
-    try:
-        table = pd.read_csv(stim_info, usecols=["nsdId", "cocoId", "cocoSplit"]).set_index("nsdId")
-    except (ValueError, KeyError, OSError) as e:
-        raise DataError(f"{stim_info}: unreadable stimulus table ({e})") from None
-    if not table.index.is_unique:
-        raise DataError(f"{stim_info}: nsdId values repeat")
-    unknown = np.setdiff1d(ids, table.index.to_numpy())
-    if unknown.size:
-        raise DataError(f"{stim_info}: no row for nsdId {int(unknown[0])} ({unknown.size} ids missing)")
-    rows = table.loc[ids]
-    wanted = {}
-    for split in sorted(set(rows["cocoSplit"])):
-        path = annotations / f"captions_{split}.json"
-        if not path.exists():
-            return _no_captions(f"{path}: not found", mode)
-        wanted[path] = set(rows.loc[rows["cocoSplit"] == split, "cocoId"].astype(int))
-    by_coco: dict[int, list[str]] = {}
-    for path, coco_ids in wanted.items():
-        try:
-            anns = json.loads(path.read_text())["annotations"]
-        except (ValueError, KeyError, OSError) as e:
-            raise DataError(f"{path}: unreadable COCO captions ({type(e).__name__}: {e})") from None
-        for ann in anns:
-            if ann["image_id"] in coco_ids:
-                text = str(ann["caption"]).strip()
-                if text and text not in by_coco.setdefault(ann["image_id"], []):
-                    by_coco[ann["image_id"]].append(text)
-    captions = {int(i): by_coco[c] for i, c in zip(ids, rows["cocoId"].astype(int)) if c in by_coco}
-    lacking = [int(i) for i in ids if int(i) not in captions]
-    if lacking and mode == "required":
-        coco = int(rows.loc[lacking[0], "cocoId"])
-        raise DataError(f"{annotations}: no caption for cocoId {coco} (nsd id {lacking[0]}; "
-                        f"{len(lacking)} images without captions)")
-    return captions, {"status": "loaded", "source": str(annotations), "n_images": len(captions),
-                      "n_without_captions": len(lacking)}
-
-
-def _no_captions(reason: str, mode: str) -> tuple[dict, dict]:
-    if mode == "required":
-        raise DataError(f"{reason} (captions='required')")
-    return {}, {"status": f"unavailable: {reason}"}
-
-
 class H5ImageReader:
     """Images of the stimulus rows from an HDF5 image array (row of stimulus i = ``source_rows[i]``).
 
@@ -291,17 +210,22 @@ class H5ImageReader:
         return block[inverse.reshape(-1)]
 
 
-def imgbrick_reader(path: Path, ids: np.ndarray) -> tuple[H5ImageReader, str]:
-    """Lazy reader of ``imgBrick`` rows (= 0-based 73k ids) and the stimulus-set fingerprint."""
-    if not path.exists():
-        raise DataError(f"{path}: not found (the NSD images)")
+def imgbrick_shape(path: Path) -> tuple[int, ...]:
+    """Shape of ``imgBrick``, checked to be (images, H, W, 3) uint8 as NSD ships it (73000×425×425×3)."""
+    require_file(path, "the NSD images")
     try:
         with h5py.File(path, "r") as f:
-            shape = f["imgBrick"].shape
+            shape, dtype = f["imgBrick"].shape, f["imgBrick"].dtype
     except (OSError, KeyError) as e:
         raise DataError(f"{path}: no readable 'imgBrick' dataset ({e})") from None
-    if len(shape) != 4 or shape[3] != 3:
-        raise DataError(f"{path}: imgBrick should be (images, H, W, 3), got {shape}")
+    if len(shape) != 4 or shape[3] != 3 or dtype != np.uint8:
+        raise DataError(f"{path}: imgBrick should be (images, H, W, 3) uint8, got {shape} {dtype}")
+    return shape
+
+
+def imgbrick_reader(path: Path, ids: np.ndarray) -> tuple[H5ImageReader, str]:
+    """Lazy reader of ``imgBrick`` rows (= 0-based 73k ids) and the stimulus-set fingerprint."""
+    shape = imgbrick_shape(path)
     if ids.size and ids.max() >= shape[0]:
         raise DataError(f"{path}: imgBrick has {shape[0]} images, the design refers to id {int(ids.max())}")
     return H5ImageReader(path, "imgBrick", ids, shape[1:]), "nsd-imgBrick-" + short_hash(file_signature([path]))

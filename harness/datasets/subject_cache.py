@@ -123,21 +123,27 @@ def cached_subject(cache_dir: Path | None, layout: str, name: str, params: dict,
                    build: Callable[[], tuple[Subject, dict]]) -> tuple[Subject, dict, dict]:
     """The subject from the cache when its key matches, else ``build()`` it and save it.
 
-    ``cache_dir=None`` disables the cache. Returns ``(subject, meta, cache_info)``."""
+    ``cache_dir=None`` disables the cache. Returns ``(subject, meta, cache_info)``; ``cache_info``
+    holds the key as ``signature`` (params + source files) whether or not the cache is used."""
+    key, blob = subject_key(params, sources)
     if cache_dir is None:
         subject, meta = build()
-        return subject, meta, {"status": "disabled"}
-    key, blob = subject_key(params, sources)
+        return subject, meta, {"status": "disabled", "signature": key}
     path = cache_path("datasets", cache_dir) / f"{layout}-{name}-{key}.h5"
     if path.exists():
         try:
             subject, meta = load_subject(path)
-            return subject, meta, {"status": "hit", "path": str(path)}
+            return subject, meta, {"status": "hit", "path": str(path), "signature": key}
         except (OSError, KeyError, ValueError) as e:
             log.warning("ignoring unreadable subject cache %s (%s); rebuilding", path, e)
     subject, meta = build()
     save_subject(path, subject, meta, blob)
-    return subject, meta, {"status": "written", "path": str(path)}
+    return subject, meta, {"status": "written", "path": str(path), "signature": key}
+
+
+def source_signature(caches: dict) -> dict:
+    """``Dataset.info["source_signature"]`` from each subject's ``cache_info`` (part of every result id)."""
+    return {name: info["signature"] for name, info in sorted(caches.items())}
 
 
 def _json_default(obj):

@@ -151,7 +151,7 @@ class SyntheticDataset(DatasetLoader):
     the file goes under ``<cache_dir>/datasets/``). See the module docstring for the model.
     """
 
-    VERSION = "1"
+    VERSION = version = "1"  # in the data cache key and the result identity: bump when numbers change
     provides = (CAPTIONS, DESCRIPTIONS, SINGLE_TRIALS, ROI_MASKS)  # declared capabilities
     params = {
         "n_train": Param(1000, ge=2, doc="training stimuli"),
