@@ -1,7 +1,8 @@
 """The local results store: the source of truth for every number the harness reports.
 
-One JSON record per (dataset, subject, backbone + weights, task, experiment), with per-voxel
-arrays in a ``.npz`` sidecar beside it. Every write goes to a unique temporary file in the
+One JSON record per result identity (:mod:`brainharness.identity`: ``key.id`` hashes every
+parameter that determines the numbers; :meth:`ResultStore.path_for` keeps the path readable), with
+per-voxel arrays in a ``.npz`` sidecar beside it. Every write goes to a unique temporary file in the
 same folder and is renamed into place, so a reader never sees half a record and concurrent
 sweep workers never corrupt each other's files.
 

@@ -256,8 +256,9 @@ class Sweep:
     def _drop_superseded(self, keep: Path, key: dict) -> None:
         """Remove this study's earlier best-on-test record (scored with parameters that are no
         longer the best) beside ``keep``: a study has one test score, its current best's."""
+        kept_sidecar = self.runner.store.sidecar_named_by(keep)
         for path in keep.parent.glob("*.json"):
-            if path == keep:
+            if path == keep or path.name.startswith(keep.stem + "."):  # the new record and what it keeps beside it
                 continue
             try:
                 old = self.runner.store.read(path)
@@ -265,7 +266,7 @@ class Sweep:
                 continue  # not a readable record: `brainharness results check` reports it
             if old.get("key", {}).get("experiment") == key["experiment"] and old.get("evaluated_on") == "test" \
                     and (old.get("sweep") or {}).get("study") == self.name:
-                if old.get("sidecar"):
+                if old.get("sidecar") and old["sidecar"] != kept_sidecar:
                     (path.parent / old["sidecar"]).unlink(missing_ok=True)
                 path.unlink(missing_ok=True)
                 log.info("removed %s: superseded by the study's new best %s", path, keep.name)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import copy
 import shutil
+from pathlib import Path
 
-import pytest
 import yaml
 
 from brainharness.cli import main
@@ -206,3 +206,32 @@ def test_a_captioner_trained_into_the_cache_is_the_same_weights_in_another_cache
     for b in (here, there):
         assert str(b.cache_dir) not in repr(backbone_identity(b)) + weights_label(b.weights_info())
         assert weights_label(b.weights_info()).startswith("local:generation-")
+
+
+def test_a_sweep_keeps_one_test_record_its_current_best(tmp_path):
+    """The best's test record is found by its identity (the best parameters are in it); when the
+    best changes, the earlier best's test record is removed: a study has one test score."""
+    import json
+
+    from brainharness.sweeps.study import Sweep, run_sweep
+
+    cfg = {**_config(tmp_path), "sweep": {"study": "s", "n_trials": 1,
+                                          "space": {"alpha_min": {"low": 1e-2, "high": 1e2, "log": True}}}}
+    summary = run_sweep(cfg, progress=False)
+    keep = Path(summary["record"])
+    runner = Runner(cfg, progress=False)
+    key = runner.key("subj01", cfg["backbones"][0], cfg["tasks"][0], "s-best", overrides=summary["best_params"])
+    assert runner.store.path_for(key) == keep  # found again from the best parameters alone
+    earlier = json.loads(keep.read_text())  # an earlier best (other parameters) of the same study
+    earlier["key"]["id"] = "0" * 64
+    earlier["task"]["params"]["alpha_min"] = 7.0
+    stale = keep.with_name("s-best-000000000000.json")
+    stale_sidecar = keep.with_name("s-best-000000000000.0000.npz")
+    stale_sidecar.write_bytes((keep.parent / earlier["sidecar"]).read_bytes())
+    kept_sidecar, earlier["sidecar"] = keep.parent / earlier["sidecar"], stale_sidecar.name
+    stale.write_text(json.dumps(earlier))
+    other = keep.with_name("t-000000000000.json")  # another experiment's record stays
+    other.write_text(json.dumps({**earlier, "key": {**earlier["key"], "experiment": "t"}}))
+    Sweep(runner)._drop_superseded(keep, key)
+    assert keep.exists() and kept_sidecar.exists() and other.exists()
+    assert not stale.exists() and not stale_sidecar.exists()
