@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from brainharness.identity import flatten
 from brainharness.layout import DEFAULT_TABLE, Intervals, Row, Table, num, text
 from brainharness.results import ResultStore
 
@@ -227,10 +228,15 @@ def _build_table(name: str, table: Table, items: list[Row], notes: list[str], ro
     for row, item in zip(rows, items):
         _ranking(row, item, table)
 
+    n_old = _mark_superseded(rows, items, identity)
+    if n_old:
+        notes.append(f"{n_old} rows come from earlier parameters of a unit that has a newer record: listed as "
+                     "superseded, never ranked (`brainharness results diff` shows what changed).")
     ident_cols = [c for c in identity if c in ALWAYS_SHOWN or any(isinstance(r[c], str) for r in rows)]
-    dup = Counter(tuple(_key_part(r[c]) for c in identity) for r in rows)
+    current = [r for r in rows if not r.get("_superseded")]
+    dup = Counter(tuple(_key_part(r[c]) for c in identity) for r in current)
     n_dups = 0
-    for row in rows:
+    for row in current:
         if dup[tuple(_key_part(row[c]) for c in identity)] > 1:
             row["_flags"].append("duplicate identity: see record column")
             n_dups += 1
@@ -282,6 +288,41 @@ def _build_table(name: str, table: Table, items: list[Row], notes: list[str], ro
         plots=[(p.kind, dict(p.params)) for p in table.plots], row_data=row_data,
     )
     return df
+
+
+def _created(item: Row) -> tuple[str, float]:
+    record = item.record
+    path = record.get("_path")
+    mtime = os.path.getmtime(path) if path and os.path.exists(path) else 0.0
+    return str((record.get("provenance") or {}).get("created", "")), mtime
+
+
+def _mark_superseded(rows: list[dict], items: list[Row], identity: tuple) -> int:
+    """Rows of one unit (same identity columns) from records with different ids — a parameter
+    changed between runs: the newest record is current; the older ones stay visible but are never
+    ranked, with the parameters that differ. Returns how many rows were marked."""
+    groups: dict[tuple, list[tuple[dict, Row]]] = {}
+    for row, item in zip(rows, items):
+        groups.setdefault(tuple(_key_part(row[c]) for c in identity), []).append((row, item))
+    marked = 0
+    for members in groups.values():
+        ids = {(m[1].record.get("key") or {}).get("id") for m in members}
+        if len(ids) < 2 or None in ids:
+            continue
+        _, newest = max(members, key=lambda m: _created(m[1]))
+        new_id = newest.record["key"]["id"]
+        new_params = flatten(newest.record.get("identity") or {})
+        for row, item in members:
+            if item.record["key"]["id"] == new_id:
+                continue
+            old_params = flatten(item.record.get("identity") or {})
+            changed = [k for k in dict.fromkeys([*old_params, *new_params]) if old_params.get(k) != new_params.get(k)]
+            row["ranked"] = row["reference"] = False
+            row["_superseded"] = True
+            row["not_ranked_reason"] = f"superseded by {new_id[:12]}" + (
+                f" (differs in {', '.join(changed[:3])}{', …' if len(changed) > 3 else ''})" if changed else "")
+            marked += 1
+    return marked
 
 
 def _levels(table: Table, main: str | None, rows: list[dict], items: list[Row]) -> dict:

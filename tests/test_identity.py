@@ -6,6 +6,7 @@ import copy
 import shutil
 from pathlib import Path
 
+import pytest
 import yaml
 
 from brainharness.cli import main
@@ -235,3 +236,22 @@ def test_a_sweep_keeps_one_test_record_its_current_best(tmp_path):
     Sweep(runner)._drop_superseded(keep, key)
     assert keep.exists() and kept_sidecar.exists() and other.exists()
     assert not stale.exists() and not stale_sidecar.exists()
+
+
+def test_the_leaderboard_lists_an_earlier_parameter_set_as_superseded(tmp_path, capsys):
+    from brainharness.leaderboard.tables import build_tables
+
+    task_edit = EDITS[2][2]
+    assert _run(tmp_path, _config(tmp_path), capsys)[0] == 0
+    assert _run(tmp_path, _config(tmp_path, task_edit), capsys, name="d.yaml")[0] == 0
+    records = {r["task"]["params"]["alpha_min"]: r for r in ResultStore(tmp_path / "results").records()}
+    df = build_tables(tmp_path / "results")["encoding"]
+    assert len(df) == 2
+    current = df[df["ranked"]]
+    old = df[~df["ranked"]]
+    # the newest parameter set is the ranked row; the earlier one is listed with what changed
+    assert current["all"].iloc[0] == pytest.approx(records[1000]["scores"]["median_nc_r2"], abs=1e-6)
+    assert old["all"].iloc[0] == pytest.approx(records[0.01]["scores"]["median_nc_r2"], abs=1e-6)
+    assert old["not_ranked_reason"].iloc[0] == (f"superseded by {records[1000]['key']['id'][:12]} "
+                                                "(differs in task.params.alpha_min)")
+    assert "duplicate" not in "".join(df["flags"])
