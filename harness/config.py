@@ -56,6 +56,10 @@ def _plugin_list(raw, field: str) -> list[dict]:
         raise ConfigError(f"config needs '{field}' (a list of {{name: ..., ...}})")
     if isinstance(items, (dict, str)):
         items = [items]
+    if not isinstance(items, list):
+        raise ConfigError(f"'{field}' must be a list of {{name: ..., ...}}, got {items!r}")
+    if not items:
+        raise ConfigError(f"'{field}' is empty: list at least one (nothing would run)")
     out = []
     for i, item in enumerate(items):
         if isinstance(item, str):

@@ -168,6 +168,13 @@ class DatasetLoader(Configurable):
         """The capabilities of a loader configured with ``params`` (class-level: nothing is read)."""
         return provided(cls.provides, params)
 
+    @classmethod
+    def sizes(cls, params: dict) -> dict | None:
+        """``{"n_train": ..., "n_test": ..., "n_voxels": ...}`` per subject, from the resolved
+        ``params`` alone (nothing read), or None when only loading can tell (brainharness.preflight
+        then checks the sizes right after loading, before any feature is extracted)."""
+        return None
+
     def configure(self, p: dict) -> None:
         """Take the resolved parameters ``p``; raise ConfigError/DataError on what they name."""
 

@@ -20,6 +20,7 @@ from .data import Dataset
 from .errors import ConfigError, HarnessError
 from .cache import cache_root
 from .capabilities import check_config
+from .preflight import check_pca, check_run
 from .features import FeatureCache
 from .identity import (backbone_identity, dataset_identity, dataset_variant, result_identity, selection_identity,
                        task_identity, weights_label)
@@ -59,11 +60,13 @@ class Runner:
         # Validate before any work: task parameters, then every (dataset, backbone, task) against
         # the declared capabilities (plugin classes only: no data, model or folder yet).
         check_config(self.cfg, [(spec, self.task(spec)) for spec in self.cfg["tasks"]])
-        self.store = ResultStore(self.cfg["results_dir"])
         self.cache_dir = cache_root(self.cfg["cache_dir"])  # every cache of the run lives under it
+        check_run(self.cfg, self.cache_dir)  # folders writable, devices present: nothing created yet
+        self.store = ResultStore(self.cfg["results_dir"])
         self.cache = FeatureCache(self.cache_dir)
         self._dataset: Dataset | None = None
         self._loader = self._dataset_loader()  # its parameters are checked now; data is read on first use
+        self._check_sizes()  # when the loader can tell its sizes unread; else right after loading
         self._backbones: dict[str, Backbone] = {}
         self._data_identity: tuple[dict, str] | None = None
         self._bb_identity: dict[str, tuple[dict, str]] = {}
@@ -83,7 +86,24 @@ class Runner:
     def dataset(self) -> Dataset:
         if self._dataset is None:
             self._dataset = self._loader.load()
+            self._check_sizes()
         return self._dataset
+
+    def n_train(self) -> int | None:
+        """Training images of the smallest subject: from the loader's ``sizes`` hook (nothing
+        read), else from the loaded data; None while only loading can tell."""
+        sizes = type(self._loader).sizes(self._loader.p)
+        if sizes is not None:
+            return int(sizes["n_train"])
+        if self._dataset is None:
+            return None
+        return min(len(self._dataset.subject(s).train.stim_ids) for s in self._dataset.subjects)
+
+    def _check_sizes(self) -> None:
+        n = self.n_train()
+        if n is not None:
+            for spec in self.cfg["tasks"]:
+                check_pca([self.task(spec).p.get("pca")], n, f"task {_label(spec)}")
 
     def backbone(self, spec: dict) -> Backbone:
         label = _label(spec)

@@ -82,6 +82,9 @@ class Task(Configurable):
     # checks it against every backbone and the dataset of a config before anything is built.
     needs: ClassVar[tuple] = (IMAGE_FEATURES,)
     main_score: ClassVar[str] = ""
+    # Every score name run() can report, when the task can list them (a sweep objective is then
+    # checked before any trial: brainharness.preflight); None: only known once a unit has run.
+    scores: ClassVar[tuple[str, ...] | None] = None
     params: ClassVar[dict[str, Param]] = {}  # name → Param(default, type, range, doc)
     search_space: ClassVar[dict[str, dict]] = {}  # default sweep ranges (Optuna specs)
     layout: ClassVar[Layout] = DEFAULT_LAYOUT  # its leaderboard tables (brainharness.layout)

@@ -10,12 +10,13 @@ import re
 import warnings
 from pathlib import Path
 
+from brainharness.errors import ConfigError
 from brainharness.results import atomic_write_bytes
 
 from .build import build_tables, leaderboard_records, weights_info
 from .render import render_html, render_latex, render_markdown, to_csv
 
-__all__ = ["build_tables", "leaderboard_records", "render_all_markdown", "render_html", "render_latex",
+__all__ = ["build_tables", "check_out_dir", "leaderboard_records", "render_all_markdown", "render_html", "render_latex",
            "render_markdown", "store_warning", "to_csv", "weights_info", "write_leaderboard"]
 
 _EMPTY_NOTE_MARK = "<!-- brainharness-leaderboard: empty -->"
@@ -70,6 +71,18 @@ def _umask() -> int:
     return 0o022
 
 
+def check_out_dir(out_dir: str | Path) -> Path:
+    """``out_dir`` if the leaderboard can be written there (a folder, or creatable in a writable
+    one), else one line naming the problem — checked before anything is rendered or written."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"leaderboard output {out} is a file, not a folder")
+    there = next(p for p in (out, *out.absolute().parents) if p.exists())
+    if not there.is_dir() or not os.access(there, os.W_OK | os.X_OK):
+        raise ConfigError(f"leaderboard output {out}: {there} is not a writable folder")
+    return out
+
+
 def write_leaderboard(results_root: str | Path, out_dir: str | Path, plots: bool = True,
                       problems: list | None = None) -> dict[str, dict[str, Path]]:
     """Write ``<task>.md``, ``<task>.csv``, ``<task>.tex`` (and PNG plots) per task, plus
@@ -77,7 +90,7 @@ def write_leaderboard(results_root: str | Path, out_dir: str | Path, plots: bool
     task's ``html`` entry is the shared index page). With no usable results it writes a short
     ``README.md`` note (and an index page saying so) and returns ``{}``. Problems of the store
     head every Markdown file and the index page, and are appended to ``problems``."""
-    out = Path(out_dir)
+    out = check_out_dir(out_dir)
     found: list = []
     tables = build_tables(results_root, found)
     if problems is not None:

@@ -36,12 +36,14 @@ trial was left ``RUNNING`` by a killed worker.
 """
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
 from brainharness.errors import ConfigError, HarnessError
-from brainharness.params import check_value
-from brainharness.runner import Runner
+from brainharness.preflight import check_fraction, check_objective, check_pca, check_space, check_storage, \
+    fit_rows, space_values
+from brainharness.runner import Runner, UnitOutcome
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +71,8 @@ def suggest(trial, space: dict) -> dict:
             params[name] = trial.suggest_categorical(name, list(spec["choices"]))
         elif {"low", "high"} <= set(spec):
             lo, hi = spec["low"], spec["high"]
-            if not lo < hi:
-                raise ConfigError(f"sweep.space.{name}: low must be < high, got {lo}, {hi}")
+            if lo > hi:
+                raise ConfigError(f"sweep.space.{name}: low must be ≤ high, got {lo}, {hi}")
             if all(isinstance(v, int) and not isinstance(v, bool) for v in (lo, hi, spec.get("step", 1))):
                 params[name] = trial.suggest_int(name, lo, hi, step=spec.get("step", 1), log=spec.get("log", False))
             else:
@@ -140,8 +142,11 @@ def _resumable_grid_sampler(space: dict, seed):
 
 
 class Sweep:
-    def __init__(self, runner: Runner):
+    def __init__(self, runner: Runner, resume_anyway: bool = False):
+        """Every option and point of the space is checked here, before any trial (the storage
+        is reached, the data sizes asked); ``resume_anyway``: see :meth:`study`."""
         self.runner = runner
+        self.resume_anyway = resume_anyway
         cfg = runner.cfg
         sw = dict(cfg.get("sweep") or {})
         unknown = set(sw) - SWEEP_KEYS
@@ -152,31 +157,25 @@ class Sweep:
         self.bspec = _pick(cfg["backbones"], sw.get("backbone"), "backbone")
         self.tspec = _pick(cfg["tasks"], sw.get("task"), "task")
         self.subject = sw.get("subject")
-        self.fraction = sw.get("validation_fraction", 0.2)
+        self.fraction = check_fraction(sw.get("validation_fraction", 0.2))
         self.objective_name = sw.get("objective")
-        if self.objective_name is not None and not isinstance(self.objective_name, str):
-            raise ConfigError(f"sweep.objective must be a score name, got {self.objective_name!r}")
         self.seed = sw.get("seed", cfg["seed"])
         self.sampler = sw.get("sampler") or "tpe"
         if self.sampler not in SAMPLERS:
             raise ConfigError(f"sweep.sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
         task_cls = type(runner.task(self.tspec))
+        check_objective(self.objective_name, task_cls)
         self.space = sw.get("space") or task_cls.search_space
-        bad = set(self.space) - set(task_cls.params)
-        if bad:
-            raise ConfigError(f"sweep.space: {sorted(bad)[0]!r} is not a parameter of task {self.tspec['name']}")
-        for name, spec in self.space.items():  # the values a trial can draw must pass the task's Param
-            if isinstance(spec, dict):
-                ends = spec["choices"] if isinstance(spec.get("choices"), list) else \
-                    [spec[k] for k in ("low", "high") if k in spec]
-                for value in ends:
-                    check_value(f"sweep.space ({task_cls.owner()})", name, task_cls.params[name], value)
+        check_space(self.space, task_cls)  # the values a trial can draw must pass the task's Params
         self.grid = grid_points(self.space) if self.sampler == "grid" else None
         self.n_trials = sw.get("n_trials", len(self.grid) if self.grid else 20)
         if not isinstance(self.n_trials, int) or self.n_trials < 1:
             raise ConfigError(f"sweep.n_trials must be a positive integer, got {self.n_trials!r}")
         self.report = _report_hook(sw.get("report"))
+        check_storage(self.storage)
+        self.check_data(load=False)
         self.memo: dict = {}  # shared decompositions: k α-trials cost about one fit
+        self.on_unit = None  # hears each trial's and the best-on-test unit's outcome (run's on_unit)
 
     def study(self):
         import warnings
@@ -195,8 +194,42 @@ class Sweep:
             storage = RDBStorage(self.storage, heartbeat_interval=60, grace_period=180, **kw)
         sampler = (_resumable_grid_sampler(self.space, self.seed) if self.grid is not None
                    else optuna.samplers.TPESampler(seed=self.seed))
-        return optuna.create_study(study_name=self.name, storage=storage, load_if_exists=True,
-                                   direction="maximize", sampler=sampler)
+        study = optuna.create_study(study_name=self.name, storage=storage, load_if_exists=True,
+                                    direction="maximize", sampler=sampler)
+        self._check_space_unchanged(study)
+        return study
+
+    def _check_space_unchanged(self, study) -> None:
+        """The study's trials were drawn from this search space (kept in its user attrs), or
+        ``resume_anyway``: the old trials are kept and new ones drawn from the new space, which
+        Optuna allows only while each parameter keeps its kind, log scale and choices."""
+        space = json.loads(json.dumps(self.space, default=str))  # as stored: lists, no tuples
+        old = study.user_attrs.get("search_space")
+        if old is not None and old != space and study.trials:
+            changed = sorted(k for k in {*old, *space} if old.get(k) != space.get(k))
+            how = (f"sweep study {self.name!r} in {self.storage} holds {len(study.trials)} trial(s) of a different "
+                   f"search space (changed: {', '.join(changed)})")
+            if not self.resume_anyway:
+                raise ConfigError(f"{how}: use a new sweep.study name, or --resume-anyway to keep its trials "
+                                  f"and sample the new space")
+            clash = [k for k in changed if k in old and k in space and not _compatible(old[k], space[k])]
+            if clash:
+                raise ConfigError(f"{how}: {clash[0]!r} changed kind, log scale or choices, which Optuna cannot "
+                                  f"mix in one study even with --resume-anyway: use a new sweep.study name")
+        if old != space:
+            study.set_user_attr("search_space", space)
+
+    def check_data(self, load: bool = True) -> None:
+        """The sweep's subject exists and every PCA size a trial can draw fits its fit rows;
+        with ``load`` the data is read when its loader cannot tell its sizes (before any feature)."""
+        if load and self.subject is not None:
+            self.runner.dataset.subject(self.subject)  # raises naming the subjects it has
+        elif load and self.runner.n_train() is None:
+            self.runner.dataset  # noqa: B018 -- only the loaded data can tell its sizes
+        n = self.runner.n_train()
+        if n is not None:
+            pcas = space_values(self.space, "pca") if "pca" in self.space else [self.runner.task(self.tspec).p.get("pca")]
+            check_pca(pcas, fit_rows(n, self.fraction), f"sweep (validation_fraction {self.fraction})")
 
     def objective(self, trial) -> float:
         params = suggest(trial, self.space)
@@ -205,6 +238,8 @@ class Sweep:
             subject, self.bspec, self.tspec, evaluated_on="validation", overrides=params,
             validation_fraction=self.fraction, experiment=f"{self.name}-trial{trial.number:04d}", memo=self.memo,
             group=self.name, extra={"sweep": {"study": self.name, "trial": trial.number, "params": params}})
+        if self.on_unit is not None:
+            self.on_unit(UnitOutcome(record["key"], "ran", record, Path(record["_path"])))
         name = self.objective_name or record["main_score"]
         value = record["scores"].get(name)
         if value is None:
@@ -212,12 +247,15 @@ class Sweep:
                               f"{', '.join(k for k, v in record['scores'].items() if isinstance(v, (int, float)))})")
         return float(value)
 
-    def run(self, progress: bool = True) -> dict:
-        """Run the remaining trials, then score the best parameters once on the test split."""
+    def run(self, progress: bool = True, on_unit=None) -> dict:
+        """Run the remaining trials, then score the best parameters once on the test split;
+        ``on_unit`` hears each of those units' :class:`UnitOutcome` as it ends."""
         import optuna
 
+        self.on_unit = on_unit
         if not progress:
             optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.check_data()
         study = self.study()
         done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
         if self.grid is not None:  # grid points without a complete trial, up to n_trials points in all
@@ -240,11 +278,15 @@ class Sweep:
         existing = None if store.should_run(test_key, "only-missing") else store.load(test_key)
         if existing and existing.get("status") == "complete" and existing.get("sweep", {}).get("best_params") == best.params:
             record = dict(existing, _path=str(store.path_for(test_key)))  # the test split is scored once
+            status = "up to date"
         else:
             record = self.runner.run_unit(subject, self.bspec, self.tspec, evaluated_on="test", overrides=best.params,
                                           experiment=f"{self.name}-best", memo=None, group=self.name,
                                           extra={"sweep": info})
+            status = "ran"
             self._drop_superseded(Path(record["_path"]), test_key)
+        if on_unit is not None:
+            on_unit(UnitOutcome(test_key, status, record, Path(record["_path"])))
         name = self.objective_name or record["main_score"]
         summary = {**info, "objective": name, "test_score": record["scores"].get(name),
                    "main_score": record["main_score"], "record": record.get("_path")}
@@ -290,9 +332,20 @@ def _report_hook(target):
     return fn
 
 
-def run_sweep(config, progress: bool = True) -> dict:
+def run_sweep(config, progress: bool = True, on_unit=None, resume_anyway: bool = False) -> dict:
     """Run the ``sweep`` section of a config (YAML path or dict)."""
     runner = Runner(config, progress=progress)
     if "sweep" not in runner.cfg:
         raise ConfigError("config has no 'sweep' section")
-    return Sweep(runner).run(progress=progress)
+    return Sweep(runner, resume_anyway=resume_anyway).run(progress=progress, on_unit=on_unit)
+
+
+def _compatible(old: dict, new: dict) -> bool:
+    """Whether Optuna accepts ``new`` for a parameter drawn from ``old`` in the same study."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return False
+    if "choices" in old or "choices" in new:
+        return old.get("choices") == new.get("choices")
+    ints = [all(isinstance(v, int) and not isinstance(v, bool) for v in (s["low"], s["high"], s.get("step", 1)))
+            for s in (old, new)]
+    return ints[0] == ints[1] and bool(old.get("log")) == bool(new.get("log"))

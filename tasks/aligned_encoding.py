@@ -45,8 +45,10 @@ unprefixed (main score: stage-2 ``median_nc_r2``; stage 1's with ``stage: "1"``)
 in % against stage 1, the selected epoch; ``tables["stages"]`` (one row per stage),
 ``tables["epochs"]`` (training history) and ``tables["per_roi"]`` (final stage).
 ``stage: "2"`` runs stage 1 only as the starting checkpoint and reports stage 2 alone.
-Optimiser: AdamW, ``lr`` for the unfrozen backbone parameters, ``head_lr`` (default ``lr``) for
-the voxel head and ``W``, ``weight_decay``, optional linear warm-up (``warmup_epochs``); batches
+``mean_nc_r2_all`` is seed 004's own score ``m = 1/n Σ R²/NC`` (×100) over every voxel, no NC
+threshold (the per-voxel value is clipped to [0, 100] as everywhere; voxels with NC ≤ 0 have
+none). Optimiser: AdamW, ``lr`` for the unfrozen backbone parameters, ``head_lr`` (default ``lr``) for
+the voxel head and ``W``, ``weight_decay``, ``dropout`` on the head's input, optional linear warm-up (``warmup_epochs``); batches
 drawn from a seeded permutation (the same for every λ, so λ rows differ only by the loss).
 Stage 2 runs in float32 (also on CUDA). Text embeddings are cached per text and encoder in
 ``<cache>/text-embeddings/``; ``num_threads`` sets torch's CPU threads for the task's duration.
@@ -79,7 +81,7 @@ SEED004_LAMBDAS = (0.0, 1e-3, 1e-2, 1e-1, 1.0)  # Table 3, plus λ = 0 (fine-tun
 STAGES = ("1", "2", "both")
 TEXT_SOURCES = ("captions", "descriptions")
 TEXT_ENCODERS = ("sentence-transformer", "clip")
-_SUMMARY = ("median_nc_r2", "mean_nc_r2", "median_r2", "mean_r2", "n_voxels", "n_voxels_kept")
+_SUMMARY = ("median_nc_r2", "mean_nc_r2", "median_r2", "mean_r2", "mean_nc_r2_all", "n_voxels", "n_voxels_kept")
 
 
 def _stage(value):
@@ -124,6 +126,8 @@ class AlignedEncodingTask(Task):
         "lr": Param(1e-5, gt=0, doc="AdamW learning rate of the unfrozen backbone parameters"),
         "head_lr": Param(None, float, gt=0, doc="learning rate of the voxel head and W (null: lr)"),
         "weight_decay": Param(0.0, ge=0, doc="AdamW weight decay"),
+        "dropout": Param(0.0, ge=0, lt=1, doc="stage-2 dropout on the voxel head's input while training "
+                                               "(seed 004 Table 2: 0.9)"),
         "batch_size": Param(64, ge=2, doc="stage-2 batch size"),
         "max_epochs": Param(6, ge=0, doc="stage-2 epochs at most (epoch 0: the stage-1 checkpoint)"),
         "patience": Param(2, ge=1, doc="epochs without improvement before stopping"),
@@ -176,7 +180,7 @@ class AlignedEncodingTask(Task):
         head = s1["head"]
         X_score = _concat(ctx.features, ctx.score.stim_ids, layers)
         t1 = time.perf_counter()
-        pv1, sc1, roi1 = encoding_scores(head.predict_numpy(X_score), ctx.score.averaged[:, keep], nc, rois, thr)
+        pv1, sc1, roi1 = _scores(head.predict_numpy(X_score), ctx.score.averaged[:, keep], nc, rois, thr)
         stage_rows = [{"stage": "1", "lam": None, "epoch": None, "validation_score": s1["val_score"],
                        **{k: sc1.get(k) for k in _SUMMARY}}]
         scores = {f"stage1_{k}": sc1.get(k) for k in _SUMMARY}
@@ -191,8 +195,7 @@ class AlignedEncodingTask(Task):
             t2 = time.perf_counter()
             s2 = self._stage2(ctx, backbone, blocks, s1, keep)
             history = s2["history"]
-            pv2, sc2, roi2 = encoding_scores(s2["predict"](ctx.score.stim_ids), ctx.score.averaged[:, keep], nc,
-                                             rois, thr)
+            pv2, sc2, roi2 = _scores(s2["predict"](ctx.score.stim_ids), ctx.score.averaged[:, keep], nc, rois, thr)
             scores.update({f"stage2_{k}": sc2.get(k) for k in _SUMMARY})
             for k in ("median_nc_r2", "mean_nc_r2"):
                 scores[f"change_{k}_pct"] = _change_pct(sc2.get(k), sc1.get(k))
@@ -265,6 +268,15 @@ class AlignedEncodingTask(Task):
 
 def _concat(features, ids, layers: list[str]) -> np.ndarray:
     return np.concatenate([features(ids, layer).reshape(len(ids), -1) for layer in layers], 1).astype(np.float32)
+
+
+def _scores(pred, actual, nc, rois, thr):
+    """:func:`encoding_scores` plus seed 004's own summary ``mean_nc_r2_all`` = 100·mean over every
+    voxel of R²/NC (its ``m = 1/n Σ R²/NC``: no NC threshold; voxels with NC ≤ 0 have none)."""
+    pv, sc, roi = encoding_scores(pred, actual, nc, rois, thr)
+    if "nc_r2" in pv and np.isfinite(pv["nc_r2"]).any():
+        sc["mean_nc_r2_all"] = float(np.nanmean(pv["nc_r2"]))
+    return pv, sc, roi
 
 
 def _change_pct(new, old):

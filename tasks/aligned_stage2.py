@@ -93,7 +93,7 @@ def finetune(p: dict, ctx: TaskContext, backbone, blocks: list[int], s1: dict, k
         for i in range(0, len(order), bs):
             rows = np.sort(order[i:i + bs])
             f = encode(tr_pix.batch(rows))
-            mse = F.mse_loss(head(f), Y[rows])
+            mse = F.mse_loss(head(f, dropout=float(p["dropout"])), Y[rows])
             loss, nce = mse, torch.zeros(())
             if proj is not None and len(rows) > 1:
                 nce = info_nce(proj(head.standardise(f)), text[rows], groups[rows], float(p["tau"]))
@@ -228,8 +228,10 @@ def _torch_head_class():
         def standardise(self, f):
             return (f - self.mu) / self.sd
 
-        def forward(self, f):
-            out = self.linear(self.standardise(f))
+        def forward(self, f, dropout: float = 0.0):
+            x = self.standardise(f)
+            # seed 004's dropout, on the head's input while training (predictions never drop)
+            out = self.linear(torch.nn.functional.dropout(x, dropout) if dropout > 0 else x)
             return out @ self.basis + self.offset if self.pca else out
 
     return TorchHead

@@ -18,6 +18,8 @@
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from brainharness.errors import ConfigError, DataError
@@ -138,6 +140,42 @@ def score_captions(predictions: list[str], references: list[list[str]], metrics,
 
     return caption_scores(predictions, references, metrics=tuple(metrics or METRICS), device=device,
                           cache_dir=cache_dir)
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+
+
+def score_systems(systems: dict[str, list[str]], main_system: str, refs: list[list[str]], seed: int, metrics,
+                  device: str | None, cache_dir=None, stage1_prefix: bool = False):
+    """Table 2 from the captions of each system (``{name: captions}``, one per scored image) plus
+    the ``shuffled brain`` floor (``main_system``'s captions against a seeded derangement of the
+    references) → ``(rows, per_image, scores, info, perm)``: one row per system (the reference
+    systems carry ``brain_model``), the per-image scores and captions for the sidecar, the main
+    system's summary as ``scores`` (with ``stage1_<metric>`` when ``stage1_prefix`` and a
+    ``brain (stage 1)`` system is not the main one)."""
+    perm = derangement(len(refs), seed)
+    shuffled_refs = [refs[j] for j in perm]  # the brain captions scored against another image's references
+    rows, per_image, scores, info = [], {}, {}, None
+    for name in [*systems, "shuffled brain"]:
+        preds = systems[main_system] if name == "shuffled brain" else systems[name]
+        pi, summary, info = score_captions(preds, shuffled_refs if name == "shuffled brain" else refs, metrics,
+                                           device, cache_dir)
+        row = {"system": name, **summary, "n_images": len(preds)}
+        if name in ("nearest-neighbour", "shuffled brain"):
+            row["brain_model"] = main_system
+        rows.append(row)
+        slug_ = slug(name)
+        for metric, values in pi.items():
+            per_image[f"caption_{slug_}_{metric}"] = np.asarray(values, dtype=np.float64)
+        if name != "shuffled brain":
+            per_image[f"captions_{slug_}"] = np.asarray(preds, dtype=str)
+        if name == main_system:
+            scores.update(summary)
+        if stage1_prefix and name == "brain (stage 1)" and name != main_system:
+            scores.update({f"stage1_{k}": v for k, v in summary.items()})
+    per_image["shuffled_brain_permutation"] = perm
+    return rows, per_image, scores, {k: v for k, v in (info or {}).items() if k != "inputs"}, perm
 
 
 def select_prompt(candidates: list, backbone, queries: np.ndarray, references: list[list[str]],

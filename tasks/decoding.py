@@ -53,7 +53,6 @@ SSE/SST of the predicted query outputs over the scored rows), ``best_epoch``; ``
 from __future__ import annotations
 
 import json
-import re
 import time
 from typing import ClassVar
 
@@ -71,6 +70,7 @@ from brainharness.params import Param
 from brainharness.task import TaskContext, TaskOutput, selection_split, standardise, validation_fraction
 from brainharness.threads import torch_threads
 from brainharness.tasks import captioning as cap
+from brainharness.tasks.captioning_task import TINY_CAPTIONER  # the conformance example's captioner
 from brainharness.tasks.contrastive import (
     STAGE2_PARAMS,
     STAGE2_SPACE,
@@ -86,18 +86,6 @@ from brainharness.tasks.retrieval import RetrievalTask
 
 RETRIEVAL_SPEC = {"name": "blip2", "model": "Salesforce/blip2-itm-vit-g", "weights": "pretrained"}
 GENERATE = ("max_new_tokens", "num_beams")
-
-
-# A one-layer BLIP-2 trained for a few steps on synthetic scenes (cached): the conformance example's captioner.
-TINY_CAPTIONER = {
-    "config": {"num_query_tokens": 4, "image_text_hidden_size": 32,
-               "vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-                                 "image_size": 32, "patch_size": 8},
-               "qformer_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-                                  "encoder_hidden_size": 32, "vocab_size": 512},
-               "text_config": {"hidden_size": 32, "word_embed_proj_dim": 32, "ffn_dim": 64, "num_hidden_layers": 1,
-                               "vocab_size": 512}},
-    "corpus": {"image_size": 32}, "train": {"steps": 10, "vision_steps": 10, "batch_size": 8}}
 
 
 @register_task("decoding")
@@ -338,35 +326,11 @@ class DecodingTask(RetrievalTask):
                                                                                p["nn_caption_index"])
         systems["true image"] = cap.generate(gen, Y_score, prompt, kw)
         main_system = "brain (stage 2)" if P2 is not None else "brain (stage 1)"
-        perm = cap.derangement(len(refs), p["seed"])
-        shuffled_refs = [refs[j] for j in perm]  # the brain captions scored against another image's references
-        rows, per_image, scores = [], {}, {}
-        sidecar_ids = np.asarray(ctx.score.stim_ids)
-        per_image["caption_stim_ids"] = sidecar_ids
-        info = None
-        for name in [*systems, "shuffled brain"]:
-            preds = systems[main_system] if name == "shuffled brain" else systems[name]
-            r = shuffled_refs if name == "shuffled brain" else refs
-            pi, summary, info = cap.score_captions(preds, r, p["caption_metrics"], _metric_device(device),
-                                                   ctx.cache_dir)
-            row = {"system": name, **summary, "n_images": len(preds)}
-            if name == "nearest-neighbour":
-                row["brain_model"] = main_system
-            if name == "shuffled brain":
-                row["brain_model"] = main_system
-            rows.append(row)
-            slug = _slug(name)
-            for metric, values in pi.items():
-                per_image[f"caption_{slug}_{metric}"] = np.asarray(values, dtype=np.float64)
-            if name != "shuffled brain":
-                per_image[f"captions_{slug}"] = np.asarray(preds, dtype=str)
-            if name == main_system:
-                scores.update(summary)
-            if name == "brain (stage 1)" and P2 is not None:
-                scores.update({f"stage1_{k}": v for k, v in summary.items()})
+        rows, per_image, scores, info, _ = cap.score_systems(systems, main_system, refs, p["seed"], p["caption_metrics"],
+                                                             _metric_device(device), ctx.cache_dir, stage1_prefix=True)
+        per_image["caption_stim_ids"] = np.asarray(ctx.score.stim_ids)
         per_image["nearest_neighbour_train_ids"] = np.asarray(ctx.fit.stim_ids)[nn_rows]
-        per_image["shuffled_brain_permutation"] = perm
-        scores["_caption_info"] = {k: v for k, v in (info or {}).items() if k != "inputs"}
+        scores["_caption_info"] = info
         examples = [{"stim_id": int(ctx.score.stim_ids[i]), "reference": refs[i][0],
                      **{name: caps[i] for name, caps in systems.items()}}
                     for i in range(min(p["examples"], len(refs)))]
@@ -434,10 +398,6 @@ def _r2(pred: np.ndarray, actual: np.ndarray) -> float:
     embedding's variance across images the brain model predicts)."""
     sst = float(((actual - actual.mean(0)) ** 2).sum())
     return 1.0 - float(((actual - pred) ** 2).sum()) / sst if sst > 0 else float("nan")
-
-
-def _slug(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
 
 
 def _metric_device(device: str) -> str | None:

@@ -15,6 +15,14 @@ from dataclasses import replace
 from brainharness.layout import Layout, Row, Scores, Table, Texts
 from brainharness.tasks.retrieval import RETRIEVAL_TABLE, chance_notes, direction_name
 
+PAPER_COLUMNS = {"I→B": "image→brain", "B→I": "brain→image", "T→B": "brain→text", "B→T": "text→brain"}
+"""Seed 000 Table 1's column labels → the direction its authors' code computed (``inference.py``).
+The images use MindEye's ``batchwise_cosine_similarity``, which returns the transposed matrix
+(rows: images), so the value printed as ``img_to_brain`` (the paper's I→B) ranks the brain
+samples for each image: image→brain here. The texts' ``logits_per_brain`` has brain rows, so
+``text_to_brain`` (the paper's T→B, "retrieving text from fMRI") ranks texts per brain sample:
+brain→text here."""
+
 REFERENCE_SYSTEMS = {"true image": "reference row: the true image, not a brain decoder",
                      "shuffled brain": "reference row: brain captions scored against another image's references"}
 CAPTION_META = ("system", "n_images", "brain_model")
@@ -79,7 +87,16 @@ def stage_notes(records: list[dict]) -> list[str]:
                  for rec in records for r in _rows(rec, "retrieval", "direction"))
     delta = ["Δ = this row − stage 1 of the same record on the same trials, with a 95 % CI over test images "
              "(the ± column's CI resamples one test set: it is not a test of a difference)"] if paired else []
+    if any(direction_name(r.get("direction", "")) for rec in records for r in _rows(rec, "retrieval", "direction")):
+        delta.append(paper_columns_note())
     return delta + chance_notes(records)
+
+
+def paper_columns_note() -> str:
+    """The note that sets these columns beside seed 000's Table 1 (:data:`PAPER_COLUMNS`)."""
+    pairs = ", ".join(f"{label} = {d}" for label, d in PAPER_COLUMNS.items())
+    return (f"seed 000 Table 1 columns: {pairs} — what the authors' inference.py computed (MindEye's "
+            "batchwise_cosine_similarity transposes the image matrix), not the paper's wording")
 
 
 DECODING_LAYOUT = Layout(

@@ -30,6 +30,8 @@ ENCODING_TABLE = Table(
 class EncodingTask(Task):
     direction = "image→brain"
     main_score = "median_nc_r2"
+    scores = ("median_nc_r2", "mean_nc_r2", "median_r2", "mean_r2", "median_noise_ceiling", "n_voxels",
+              "n_voxels_kept", "nc_threshold", "n_voxels_nonfinite_excluded")
     layout = Layout(ENCODING_TABLE)
     example = {"backbone": {"name": "pixels", "size": 8}}
     params = {**RIDGE_PARAMS,

@@ -41,7 +41,7 @@ from dataclasses import replace
 import numpy as np
 
 from brainharness.errors import ConfigError, DataError, HarnessError
-from brainharness.layout import Layout, Plot, Side, num
+from brainharness.layout import Layout, Plot, Row, Side, num
 from brainharness.metrics import encoding_scores
 from brainharness.params import Param
 from brainharness.readout import RIDGE_PARAMS, RIDGE_SPACE, backbone_source, check_ridge, fit_ridge, scatter
@@ -134,7 +134,8 @@ LAYERWISE_TABLE = replace(
                 "layer chosen for that ROI on a validation part of the training split (never on test); "
                 "all = the whole-brain median of the one layer best on validation. The chosen layers are "
                 "in the 'best layer per ROI' table and the '<ROI> layer' CSV columns; per-record ROI × "
-                "layer heatmaps show every layer's test score (descriptive)",
+                "layer heatmaps show every layer's test score (descriptive); the model is a per-layer ridge with a "
+                "validation-selected layer, not seed 003's FactorTopy",
     side=Side(BEST_LAYER_SECTION, replace(TABLE13, value="layer", cell_kind="text",
                                           whole_value=lambda r: _details(r).get("best_layer")), " layer"),
     cells=layer_range, row_data=layer_matrix,
@@ -144,11 +145,31 @@ LAYERWISE_TABLE = replace(
         "title": "test {label} per ROI × layer (descriptive); red box = layer chosen on validation"}),))
 
 
+def _raw_rows(record: dict) -> list[Row]:
+    """The record as a Table 13 row ranked by its raw whole-brain mean R²."""
+    return [Row({**record, "main_score": "mean_r2"})]
+
+
+MODEL_NOTE = ("model: a ridge per layer, the layer chosen per ROI on a validation part of the training split "
+              "(median nc-R²) — not seed 003's FactorTopy selector; seed 003's ModelSoup selected on test, never here")
+LAYERWISE_RAW_TABLE = replace(
+    LAYERWISE_TABLE, suffix="raw-r2", name="layerwise_raw",
+    title="seed 003 Table 13: raw ROI-averaged brain score R² at each ROI's best layer",
+    description="seed 003 Table 13 (its appendix D.1: 'the raw ROI-averaged brain score'). Cells: per-ROI mean of "
+                "r² (Pearson r², negative r → 0) over the ROI's voxels on the test split, no noise-ceiling "
+                "normalisation or threshold, at the layer chosen for that ROI on validation; all = the "
+                "whole-brain mean R² of the one layer best on validation. The normalised cells are the "
+                "layerwise_encoding table",
+    columns=replace(TABLE13, score="mean_r2", value="mean_r2", cell_kind="acc"), split=_raw_rows,
+    notes=lambda records: [MODEL_NOTE], plots=(Plot("bars"),), row_data=None)
+"""Seed 003 Table 13 as published: raw ROI-averaged R² (a fraction, 3 decimals)."""
+
+
 @register_task("layerwise_encoding")
 class LayerwiseEncodingTask(Task):
     direction = "image→brain"
     main_score = "median_nc_r2"
-    layout = Layout(LAYERWISE_TABLE)
+    layout = Layout(LAYERWISE_TABLE, LAYERWISE_RAW_TABLE)
     example = {"backbone": {"name": "oracle"}, "layers": ["mix.*", "low"]}
     params = {**RIDGE_PARAMS,
               "layers": Param("every", (str, list), items=Param(type=str), nonempty=True, nullable=True,

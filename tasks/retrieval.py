@@ -73,8 +73,8 @@ def chance_levels(records: list[dict], main: str | None) -> list[tuple[str, floa
 RETRIEVAL_TABLE = Table(
     name="retrieval", title="top-1 retrieval accuracy (mean ± half 95 % CI)",
     description="brain→image: for each brain sample, is its own image the best of the candidates; "
-                "image→brain: for each image, is its own brain sample the best (seed 000 writes "
-                "X→Y for 'retrieve X given Y', so its I→B is brain→image here)",
+                "image→brain: for each image, is its own brain sample the best (seed 000's published "
+                "I→B is image→brain and B→I brain→image: its code transposes the similarity)",
     columns=Intervals("retrieval", "direction", DIRECTIONS, direction_name), notes=chance_notes,
     levels=chance_levels)
 """Seed 000 Table 1: top-1 accuracy per direction, mean ± half 95 % CI (the CSV keeps mean /

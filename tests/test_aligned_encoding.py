@@ -247,30 +247,38 @@ def test_grid_sampler_reruns_points_left_running_by_a_killed_worker():
 
 
 def test_table3_builder_on_hand_made_records():
-    def rec(lam, trial, s2, evaluated_on="validation", s1=(50.0, 60.0), created="a"):
+    """Seed 004 Table 3: the change column is on raw R² against the stage-2 λ = 0 row
+    (0.208112 → 0.194580 = 6.5 % ↓ in the paper)."""
+    def rec(lam, trial, r2, evaluated_on="validation", s1=0.204, created="a"):
         return {"status": "complete", "evaluated_on": evaluated_on, "task": {"params": {"lam": lam}},
                 "sweep": {"study": "s", "trial": trial}, "provenance": {"created": created},
-                "scores": {"stage1_median_nc_r2": s1[0], "stage1_mean_nc_r2": s1[1], "stage2_median_nc_r2": s2[0],
-                           "stage2_mean_nc_r2": s2[1], "best_epoch": 3}}
+                "scores": {"stage1_mean_r2": s1, "stage1_mean_nc_r2_all": 58.83, "stage1_median_nc_r2": 50.0,
+                           "stage1_mean_nc_r2": 60.0, "stage2_mean_r2": r2, "stage2_mean_nc_r2_all": 300 * r2,
+                           "stage2_median_nc_r2": 40.0, "stage2_mean_nc_r2": 45.0, "best_epoch": 6}}
 
-    records = [rec(1.0, 0, (45.0, 57.0)), rec(0.0, 1, (51.0, 61.0)), rec(1e-3, 2, (52.0, 62.0)),
-               rec(1e-3, 5, (52.5, 63.0)),  # λ re-run after an interruption: the later trial counts
-               rec(0.1, 3, (49.0, 59.0)), {"status": "failed", "evaluated_on": "validation"},
-               rec(1e-3, None, (55.0, 66.0), evaluated_on="test", s1=(53.0, 64.0))]
+    records = [rec(1.0, 0, 0.194580), rec(0.0, 1, 0.208112), rec(1e-3, 2, 0.3),
+               rec(1e-3, 5, 0.208896),  # λ re-run after an interruption: the later trial counts
+               rec(0.1, 3, 0.204344), {"status": "failed", "evaluated_on": "validation"},
+               rec(1e-3, None, 0.25, evaluated_on="test", s1=0.2)]
     rows, notes = stage_rows(records)
     val = [r for r in rows if r["split"] == "validation"]
     assert [r["lam"] for r in val] == [None, 0.0, 1e-3, 1e-2, 0.1, 1.0]
-    assert val[0]["median_nc_r2"] == 50.0 and val[0]["mean_nc_r2"] == 60.0
-    assert val[1]["model"] == "stage 2, λ = 0 (MSE only)" and val[1]["change_median_pct"] == pytest.approx(2.0)
-    assert val[2]["median_nc_r2"] == 52.5 and val[2]["trial"] == 5 and val[2]["change_mean_pct"] == pytest.approx(5.0)
-    assert val[3]["median_nc_r2"] is None and any("λ = 0.01" in n for n in notes)  # missing, never filled in
-    assert val[5]["change_median_pct"] == pytest.approx(-10.0)
+    assert val[0]["mean_r2"] == 0.204 and val[0]["mean_nc_r2_all"] == 58.83 and val[0]["change_r2_pct"] is None
+    assert val[1]["model"] == "stage 2, λ = 0 (MSE only)" and val[1]["change_r2_pct"] is None  # the reference
+    assert val[2]["mean_r2"] == 0.208896 and val[2]["trial"] == 5
+    assert val[2]["change_r2_pct"] == pytest.approx(0.376, abs=1e-3)  # paper: 0.37 ↑
+    assert val[3]["mean_r2"] is None and any("λ = 0.01" in n for n in notes)  # missing, never filled in
+    assert val[4]["change_r2_pct"] == pytest.approx(-1.81, abs=1e-2)  # paper: 1.8 ↓
+    assert val[5]["change_r2_pct"] == pytest.approx(-6.502, abs=1e-3)  # paper: 6.5 ↓ (not vs stage 1: -4.6)
+    assert val[5]["mean_nc_r2_all"] == pytest.approx(58.374)
     test = [r for r in rows if r["split"] == "test"]
-    assert [r["median_nc_r2"] for r in test] == [53.0, 55.0] and test[1]["lam"] == 1e-3
+    assert [r["mean_r2"] for r in test] == [0.2, 0.25] and test[1]["lam"] == 1e-3
+    assert test[1]["change_r2_pct"] == pytest.approx(25.0)  # no λ = 0 on test: against stage 1
     md = to_markdown(rows, notes)
-    assert "| stage 2, λ = 0.01 | — | — | — | — | — |" in md and "+2.00" in md and "-10.00" in md
-    assert to_csv(rows).splitlines()[0] == "split,model,lam,median_nc_r2,change_median_pct,mean_nc_r2," \
-                                           "change_mean_pct,best_epoch,trial"
+    assert "| stage 2, λ = 0.01 | — | — | — | — | — | — |" in md and "-6.50" in md and "0.194580" in md
+    assert "Δ R² vs λ = 0 (%)" in md and "Δ R² vs stage 1 (%)" in md
+    assert to_csv(rows).splitlines()[0] == "split,model,lam,mean_r2,change_r2_pct,mean_nc_r2_all,median_nc_r2," \
+                                           "mean_nc_r2,best_epoch,trial"
 
 
 def test_bad_settings_fail_early(tmp_path):

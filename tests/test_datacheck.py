@@ -60,6 +60,6 @@ def test_algonauts_and_unknown_folders(tmp_path):
 def test_cli_data_check_reports_layout(tmp_path, capsys):
     from brainharness.cli import main
 
-    assert main(["data", "check", str(tmp_path)]) == 1  # an empty folder has no known layout
+    assert main(["data", "check", str(tmp_path)]) == 2  # an empty folder has no known layout: a data error
     out = capsys.readouterr().out
     assert "no known layout" in out and "1 problem" in out

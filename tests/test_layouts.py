@@ -121,7 +121,7 @@ def test_builtin_tasks_declare_their_layouts():
     tables = {name: [t.table_name(name) for t in registry.tasks.get(name).layout.tables]
               for name in ("encoding", "retrieval", "layerwise_encoding", "aligned_encoding", "decoding")}
     assert tables["decoding"] == ["decoding-retrieval", "decoding-captioning", "decoding-roi-captions"]
-    assert tables["encoding"] == ["encoding"] and tables["layerwise_encoding"] == ["layerwise_encoding"]
+    assert tables["encoding"] == ["encoding"] and tables["layerwise_encoding"] == ["layerwise_encoding", "layerwise_encoding-raw-r2"]
     assert registry.tasks.get("aligned_encoding").layout == registry.tasks.get("encoding").layout
 
 

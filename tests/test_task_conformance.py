@@ -47,6 +47,8 @@ def test_task_conformance(name, tmp_path):
     main = record["scores"][record["main_score"]]
     assert isinstance(main, (int, float)) and math.isfinite(main)
     assert all(isinstance(v, (int, float, str, type(None))) for v in record["scores"].values())
+    if cls.scores is not None:  # a declared score list (checked by sweeps before any trial) is complete
+        assert set(record["scores"]) <= {cls.main_score, *cls.scores}, set(record["scores"]) - set(cls.scores)
     # what is on disk is what was returned, and it reads back as a valid record
     (stored,) = list(ResultStore(cfg["results_dir"]).records())
     validate_record(stored)

@@ -54,14 +54,6 @@ def unit_label(key: dict) -> str:
     return f"{key['subject']} {key['backbone']}@{key['weights']} {key['task']} [{key['experiment']}]"
 
 
-def outcome_line(outcome) -> str:
-    """One line per unit of ``brainharness run``: ``<unit>: ran | up to date | failed: <line>``."""
-    head = f"{unit_label(outcome.key)}: "
-    if outcome.status == "failed":
-        return head + f"failed: {outcome.error}"
-    return head + f"{outcome.status}  {main_score(outcome.record)}  id {outcome.key['id'][:12]}"
-
-
 def _rel(path, root: Path) -> str:
     try:
         return str(Path(path).resolve().relative_to(root.resolve()))
@@ -110,12 +102,23 @@ def parameters(record: dict) -> dict[str, object]:
 
 
 # -- actions ----------------------------------------------------------------------------------
+def store_root(path) -> Path:
+    """``--results`` as an existing folder, else one line (exit 2): a missing store is a typo or a
+    run not made yet, never an empty listing."""
+    root = Path(path)
+    if not root.exists():
+        raise ConfigError(f"--results {root}: no such folder (run a config first, or name its results_dir)")
+    if not root.is_dir():
+        raise ConfigError(f"--results {root} is a file, not a results folder")
+    return root
+
+
 def _store_argument(p) -> None:
     p.add_argument("--results", default="results", help="the results store (default: ./results)")
 
 
 def cmd_ls(args) -> int:
-    store = ResultStore(args.results)
+    store = ResultStore(store_root(args.results))
     problems: list = []
     rows = [["status", "dataset", "subject", "backbone", "weights", "task", "experiment", "main score", "id", "path"]]
     for r in store.records(errors=problems):
@@ -135,7 +138,7 @@ def cmd_ls(args) -> int:
 
 
 def cmd_show(args) -> int:
-    store = ResultStore(args.results)
+    store = ResultStore(store_root(args.results))
     path, r = find_record(store, args.record)
     key, dataset, prov = r.get("key") or {}, r.get("dataset") or {}, r.get("provenance") or {}
     lines = [("record", str(path)), ("status", f"{r['status']} (evaluated on {r.get('evaluated_on')})"),
@@ -170,7 +173,7 @@ def _changes(a: dict, b: dict) -> list[tuple[str, object, object]]:
 
 
 def cmd_diff(args) -> int:
-    store = ResultStore(args.results)
+    store = ResultStore(store_root(args.results))
     (pa, a), (pb, b) = find_record(store, args.a), find_record(store, args.b)
     print(f"A  {_rel(pa, store.root)}  id {short_id(a)}")
     print(f"B  {_rel(pb, store.root)}  id {short_id(b)}")
@@ -194,7 +197,7 @@ def cmd_check(args) -> int:
     """One line per finding (brainharness.store_check), a summary line; exit 1 if damage is left."""
     from brainharness.store_check import check_store, damaged
 
-    root = Path(args.results)
+    root = store_root(args.results)
     findings = check_store(root, fix=args.fix, grace_s=args.grace)
     for f in findings:
         print(f)
@@ -237,12 +240,13 @@ ACTIONS: dict[str, Action] = {
 """The ``results`` actions; a further action (e.g. ``check``) is one more entry."""
 
 
-def register(sub) -> None:
-    """Add ``results <action>`` to the top-level sub-command parsers ``sub``."""
-    p = sub.add_parser("results", help=f"inspect the results store ({', '.join(ACTIONS)})")
+def register(sub, parents=()) -> None:
+    """Add ``results <action>`` to the top-level sub-command parsers ``sub``; ``parents``: the
+    global options every (sub-)command accepts."""
+    p = sub.add_parser("results", help=f"inspect the results store ({', '.join(ACTIONS)})", parents=list(parents))
     actions = p.add_subparsers(dest="action", required=True)
     for name, action in ACTIONS.items():
-        a = actions.add_parser(name, help=action.help)
+        a = actions.add_parser(name, help=action.help, parents=list(parents))
         _store_argument(a)
         action.arguments(a)
         a.set_defaults(fn=action.run)

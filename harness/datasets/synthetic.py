@@ -166,6 +166,10 @@ class SyntheticDataset(DatasetLoader):
         "cache_dir": Param(None, PATH, doc="cache root; the file goes under <cache_dir>/datasets/"),
     }
 
+    @classmethod
+    def sizes(cls, params: dict) -> dict:
+        return {k: params[k] for k in ("n_train", "n_test", "n_voxels")}
+
     def configure(self, p):
         for k in ("n_train", "n_test", "n_voxels", "image_size", "n_subjects", "seed", "repeats",
                   "trials_per_session"):
