@@ -9,10 +9,11 @@ the loss is eq. 1::
     L = λ1·MSE(b, i) + λ2·InfoNCE(b, t) + λ3·InfoNCE(i, t)
 
 * ``b`` — the brain model's output; ``i`` — the stimulus's true query outputs (the stage-1
-  target); ``MSE`` is divided by the training targets' mean variance, so λ1 does not depend on
-  the embedding's scale (eq. 1's λ1 is ours / that variance).
-* ``ridge_penalty`` (default on; not in the paper): the MSE term keeps stage 1's ridge penalty,
-  ``+ Σ_t α_t‖w_t‖² / (rows · targets)`` with each target's GCV-chosen α, so the ridge solution
+  target). ``mse`` picks the MSE term: ``plain`` — the mean of ``(b − i)²`` over every element,
+  as the seed's code (``F.mse_loss``); ``normalised`` — that divided by the training targets' mean
+  variance, so λ1 does not depend on the embedding's scale; ``ridge`` (the default; not in the
+  paper) — normalised plus stage 1's ridge penalty
+  ``Σ_t α_t‖w_t‖² / (rows · targets)`` with each target's GCV-chosen α, so the ridge solution
   stays the MSE term's minimum. Without it, gradient steps on the MSE alone walk away from the
   regularised solution toward an over-fitted one: on the synthetic seed-000 data, MSE alone
   (λ2 = λ3 = 0) raised the validation MSE from 0.472 to 0.531 in 10 epochs (0.472–0.480 with
@@ -40,7 +41,7 @@ the loss is eq. 1::
   validation retrieval (mean top-1 of the four directions 0.096 vs 0.081) at a lower
   validation MSE (0.56 vs 0.63).
 
-:func:`train_stage2` runs AdamW (constant learning rate, gradient clipping) over seeded
+:func:`train_stage2` runs AdamW (``lr_schedule``, gradient clipping) over seeded
 batches; with a validation part it evaluates eq. 1 and its terms on it (first caption of each
 image) and Table 1's four top-1 accuracies among all validation images before training (epoch 0)
 and after every epoch, keeps the weights of the epoch with the best ``select_on`` (lowest
@@ -61,6 +62,7 @@ from brainharness.errors import ConfigError, DataError
 from brainharness.params import Param
 
 SELECT_ON = ("loss", "brain_text", "mse", "image_text", "retrieval")
+MSE_KINDS = ("plain", "normalised", "ridge")
 MAXIMISED = ("retrieval",)  # validation accuracy: higher is better; the loss terms: lower
 STAGE2_PARAMS = {
     "lambda_mse": Param(1.0, ge=0, doc="λ1 of eq. 1: MSE to the true query outputs"),
@@ -81,7 +83,10 @@ STAGE2_PARAMS = {
                              doc="brain_projection: a copy of vision_projection, random, or vision_projection itself"),
     "max_text_tokens": Param(64, ge=2, doc="caption tokens kept"),
     "select_on": Param("loss", choices=SELECT_ON, doc="validation score that picks the epoch"),
-    "ridge_penalty": Param(True, doc="the MSE term keeps stage 1's per-target ridge penalty"),
+    "mse": Param("ridge", choices=MSE_KINDS,
+                 doc="MSE term: plain mean (the seed's code), ÷ target variance, or that + stage 1's ridge penalty"),
+    "lr_schedule": Param("constant", choices=("constant", "cosine"),
+                         doc="learning rate: constant, or cosine decay to 0 over max_epochs (the seed's code)"),
 }
 STAGE2_SPACE = {
     "lambda_mse": {"low": 0.1, "high": 10.0, "log": True},
@@ -313,11 +318,11 @@ def train_stage2(coef, intercept, shape, retrieval_model, tokenizer, train: Pair
         model = stage2_model_class()(coef, intercept, shape, retrieval_model, p).to(device)
         opt = torch.optim.AdamW(model.param_groups(p), lr=p["lr"], weight_decay=p["weight_decay"])
         texts = TextBatcher(tokenizer, p["max_text_tokens"], device)
-        target_var = float(np.mean(train.y.var(0))) or 1.0
+        target_var = 1.0 if p["mse"] == "plain" else float(np.mean(train.y.var(0))) or 1.0
         penalty = None
-        if p["ridge_penalty"]:
+        if p["mse"] == "ridge":
             if alphas is None:
-                raise ConfigError("stage 2: ridge_penalty needs the stage-1 ridge's per-target alphas")
+                raise ConfigError("stage 2: mse: ridge needs the stage-1 ridge's per-target alphas")
             penalty = (torch.as_tensor(np.asarray(alphas), dtype=torch.float32, device=device), len(train.x))
         x_all = torch.as_tensor(train.x, device=device)
         y_all = torch.as_tensor(train.y, device=device)
@@ -329,6 +334,7 @@ def train_stage2(coef, intercept, shape, retrieval_model, tokenizer, train: Pair
             best = (_criterion(first, p), 0, _snapshot(model))
         n_epochs = epochs if epochs is not None else p["max_epochs"]
         bs = min(p["batch_size"], len(train.x))
+        sched = lr_schedule(opt, p, p["max_epochs"] * (len(train.x) // bs))
         for epoch in tqdm(range(1, n_epochs + 1), desc="stage 2", disable=not progress):
             model.train()
             rng = np.random.default_rng([seed, epoch])
@@ -343,6 +349,7 @@ def train_stage2(coef, intercept, shape, retrieval_model, tokenizer, train: Pair
                 if p["grad_clip"]:
                     torch.nn.utils.clip_grad_norm_([q for g in opt.param_groups for q in g["params"]], p["grad_clip"])
                 opt.step()
+                sched.step()
                 with torch.no_grad():
                     model.log_temp.clamp_(float(np.log(1e-3)), float(np.log(0.5)))
                 sums["loss"] += float(total.detach())
@@ -366,6 +373,17 @@ def train_stage2(coef, intercept, shape, retrieval_model, tokenizer, train: Pair
             model.load_state_dict(best[2])
         model.eval()
     return Stage2Result(model, best_epoch, history, time.perf_counter() - start_time)
+
+
+def lr_schedule(opt, p: dict, total_steps: int):
+    """``cosine``: the seed's ``get_cosine_schedule_with_warmup`` without warm-up — lr × ½(1 + cos(π·step /
+    total)), total = ``max_epochs`` of steps in the selection run *and* the refit, so a refit for the
+    selected number of epochs follows the selection run's curve. ``constant``: lr throughout."""
+    torch = _torch()
+    if p["lr_schedule"] == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+    total = max(int(total_steps), 1)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 * (1 + np.cos(np.pi * min(step, total) / total)))
 
 
 def _criterion(scores: dict, p: dict) -> float:
@@ -401,3 +419,16 @@ def brain_outputs(model, x: np.ndarray, device, batch_size: int = 512) -> tuple[
             qs.append(b.flatten(1).float().cpu())
             shared.append(model.shared(b, model.brain_projection).float().cpu())
     return torch.cat(qs).numpy(), torch.cat(shared).numpy()
+
+
+def projected_images(model, y: np.ndarray, device, batch_size: int = 512) -> np.ndarray:
+    """True query outputs ``y`` (n, Q·H) in the stage-2 shared space: ``normalize(vision_projection(i))``
+    per token, (n, Q, D) — the image side of the seed's code's image ↔ brain retrieval after stage 2."""
+    torch = _torch()
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for s in range(0, len(y), batch_size):
+            i = torch.as_tensor(y[s:s + batch_size], device=device).reshape(-1, *model.shape)
+            out.append(model.shared(i, model.vision_projection).float().cpu())
+    return torch.cat(out).numpy()

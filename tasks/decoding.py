@@ -24,9 +24,15 @@ validation top-1 of the four directions (all validation images as candidates).
 Retrieval (DESIGN §6, MindEye-2 protocol, :func:`brainharness.metrics.top1_retrieval`):
 ``n_candidates`` score images, ``n_trials`` (image) / ``text_trials`` (text) draws, mean and
 95 % CI, for both stages. ``brain→image`` / ``image→brain``: cosine of the flattened query
-outputs (brain prediction vs the image's true ones). ``brain→text`` / ``text→brain``: BLIP-2's
+outputs (brain prediction vs the image's true ones); with ``retrieval_space: projected`` stage 2's
+are compared in the shared space instead, as the seed's code did after stage 2 (each token
+through ``brain_projection`` / the fine-tuned ``vision_projection`` and L2-normalised, then the
+cosine of the flattened tokens); stage 1's stay in Q-Former space (the code's stage-1 reading).
+``brain→text`` / ``text→brain``: BLIP-2's
 image-text similarity (max over query tokens of the cosine) between the brain prediction in
-the shared space and the text embedding of the image's ``caption_index``-th caption — stage 1
+the shared space and a caption's text embedding — ``text_caption: index``: the image's
+``caption_index``-th caption in every trial; ``random``: one of its captions drawn per trial
+(seeded; the same draws for both directions and both stages), as the seed's code did — stage 1
 reads its prediction through the retrieval model's own ``vision_projection`` and texts through
 its own text path (no training: the zero-shot reading), stage 2 through ``brain_projection``
 and its fine-tuned text path (:func:`brainharness.metrics.top1_from_similarity`). Stage-2 rows also
@@ -63,7 +69,7 @@ from brainharness.capabilities import (CAPTIONS, IMAGE_FEATURES, IMAGE_TEXT_RETR
                                        ROI_MASKS, Need)
 from brainharness.errors import ConfigError, DataError
 from brainharness.features import flatten_rows
-from brainharness.metrics import paired_difference, top1_from_similarity, top1_retrieval
+from brainharness.metrics import paired_difference, top1_per_trial, top1_retrieval
 from brainharness.readout import RIDGE_SPACE, fit_ridge, voxel_source
 from brainharness.registry import register_task
 from brainharness.params import Param
@@ -78,6 +84,7 @@ from brainharness.tasks.contrastive import (
     brain_outputs,
     check_stage2,
     encode_texts,
+    projected_images,
     query_text_similarity,
     train_stage2,
 )
@@ -108,7 +115,11 @@ class DecodingTask(RetrievalTask):
     params: ClassVar[dict] = {
         **RetrievalTask.params,
         "text_trials": Param(50, ge=2, doc="candidate sets of the text ↔ brain retrieval"),
-        "caption_index": Param(0, ge=0, doc="which caption of an image is its text in retrieval"),
+        "caption_index": Param(0, ge=0, doc="which caption of an image is its text in retrieval (text_caption: index)"),
+        "text_caption": Param("index", choices=("index", "random"),
+                              doc="text of an image in T↔B retrieval: caption_index, or a random caption per trial"),
+        "retrieval_space": Param("qformer", choices=("qformer", "projected"),
+                                 doc="stage 2's image↔brain space: Q-Former outputs, or the projected shared space"),
         "stage2": Param(True, doc="run stage 2 (contrastive fine-tuning, eq. 1)"),
         "retrieval": Param(True, doc="score Table 1 retrieval"),
         "captioning": Param(True, doc="score Table 2 captions"),
@@ -273,7 +284,7 @@ class DecodingTask(RetrievalTask):
         n = len(Y_score)
         if n < p["n_candidates"]:
             raise DataError(f"decoding: {n} scored images, fewer than n_candidates={p['n_candidates']}")
-        texts = [_caption(ctx.stimuli, i, p["caption_index"]) for i in ctx.score.stim_ids]
+        texts, counts = _retrieval_texts(ctx.stimuli, ctx.score.stim_ids, p)
         img_kw = {"n_candidates": p["n_candidates"], "n_trials": p["n_trials"], "seed": p["seed"], "per_item": True}
         txt_kw = {"n_candidates": p["n_candidates"], "n_trials": p["text_trials"], "seed": p["seed"], "per_item": True}
         with torch.no_grad():
@@ -281,19 +292,25 @@ class DecodingTask(RetrievalTask):
             q = torch.as_tensor(P1.reshape(n, *shape), device=vp.weight.device, dtype=vp.weight.dtype)
             S1 = torch.nn.functional.normalize(vp(q), dim=-1).float().cpu().numpy()
         T1 = retr.encode_text(texts)
-        stages = [(1, P1, S1, T1)]
+        stages = [(1, P1, Y_score, S1, T1, "qformer")]
         if stage2 is not None:
             T2 = encode_texts(stage2.model, retr.tokenizer, texts, self.p, device)
-            stages.insert(0, (2, P2, S2, T2))
+            if p["retrieval_space"] == "projected":
+                stages.insert(0, (2, S2.reshape(n, -1), projected_images(stage2.model, Y_score, device).reshape(n, -1),
+                                  S2, T2, "projected"))
+            else:
+                stages.insert(0, (2, P2, Y_score, S2, T2, "qformer"))
         rows, hits = [], {}
-        for stage, P, S, T in stages:
-            sim = query_text_similarity(S, T)  # (brain, text)
-            for direction, r in (("brain→image", top1_retrieval(P, Y_score, **img_kw)),
-                                 ("image→brain", top1_retrieval(Y_score, P, **img_kw)),
-                                 ("text→brain", top1_from_similarity(sim.T, **txt_kw)),
-                                 ("brain→text", top1_from_similarity(sim, **txt_kw))):
+        for stage, P, I, S, T, space in stages:
+            sim = np.concatenate([query_text_similarity(S[s:s + 64], T) for s in range(0, n, 64)])  # (brain, text)
+            for direction, r in (("brain→image", top1_retrieval(P, I, **img_kw)),
+                                 ("image→brain", top1_retrieval(I, P, **img_kw)),
+                                 ("text→brain", top1_per_trial(drawn_similarity(sim, counts, p, True), n, **txt_kw)),
+                                 ("brain→text", top1_per_trial(drawn_similarity(sim, counts, p), n, **txt_kw))):
                 hits[stage, direction] = r.pop("item_hits")
-                rows.append({"stage": stage, "direction": direction, **r})
+                text = {"text_caption": p["text_caption"]} if "text" in direction else {}
+                rows.append({"stage": stage, "direction": direction, **r,
+                             "space": space if "image" in direction else "projected", **text})
         for r in rows:  # stage 2 vs stage 1 on the same trials, CI over test images (the paired comparison)
             if r["stage"] == 2:
                 r.update(paired_difference(hits[2, r["direction"]], hits[1, r["direction"]]))
@@ -384,6 +401,33 @@ def _query_shape(backbone, width: int) -> tuple[int, int]:
         raise ConfigError(f"decoding: the layer of backbone {backbone.registry_name} has {width} features, not "
                           f"{n_q} query outputs (use layer: qformer)")
     return n_q, width // n_q
+
+
+def _retrieval_texts(stimuli, stim_ids, p: dict) -> tuple[list[str], np.ndarray]:
+    """The texts of T↔B retrieval, image by image, and how many each image has (1, or all its
+    captions with ``text_caption: random``)."""
+    if p["text_caption"] != "random":
+        return [_caption(stimuli, i, p["caption_index"]) for i in stim_ids], np.ones(len(stim_ids), int)
+    caps = [list(stimuli.captions.get(int(i), [])) for i in stim_ids]
+    if any(not c for c in caps):
+        raise DataError(f"decoding: stimulus {stim_ids[next(k for k, c in enumerate(caps) if not c)]} has no "
+                        "caption for text retrieval")
+    return [c for cs in caps for c in cs], np.array([len(c) for c in caps])
+
+
+def drawn_similarity(sim: np.ndarray, counts: np.ndarray, p: dict, transpose: bool = False):
+    """``idx`` → the (brain, text) similarity of one trial's candidate images ``idx`` (transposed:
+    (text, brain)), each image's text column drawn for that trial: its only text, or with
+    ``text_caption: random`` one of its ``counts`` captions (a fresh seeded generator per call,
+    so both directions and both stages see the same captions in the same trial)."""
+    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(int)
+    rng = np.random.default_rng([int(p["seed"]), 15])
+
+    def of(idx):
+        cols = offsets[idx] + (rng.integers(0, counts[idx]) if p["text_caption"] == "random" else 0)
+        block = sim[np.ix_(idx, cols)]
+        return block.T if transpose else block
+    return of
 
 
 def _caption(stimuli, stim_id, index: int) -> str:

@@ -69,5 +69,6 @@ def test_sweep_objective_names_a_score(tmp_path):
     assert trial.value == pytest.approx(val["scores"]["median_r2"]) != pytest.approx(val["scores"]["median_nc_r2"])
     cfg = sweep_config(tmp_path / "b", 1)
     cfg["sweep"]["objective"] = "median_rr2"
-    with pytest.raises(ConfigError, match="no 'median_rr2' score.*median_r2"):
-        run_sweep(cfg, progress=False)
+    with pytest.raises(ConfigError, match="'median_rr2' is not a score of task encoding; did you mean 'median_r2'"):
+        run_sweep(cfg, progress=False)  # before any trial (the task declares its scores)
+    assert not (tmp_path / "b" / "results").exists()

@@ -120,6 +120,14 @@ def top1_from_similarity(similarity: np.ndarray, n_candidates: int = 300, n_tria
     return _top1_trials(len(sim), lambda idx: sim[np.ix_(idx, idx)], n_candidates, n_trials, seed, per_item)
 
 
+def top1_per_trial(similarity_of, n: int, n_candidates: int = 300, n_trials: int = 30, seed: int = 0,
+                   per_item: bool = False) -> dict:
+    """:func:`top1_from_similarity` for a similarity drawn anew each trial (e.g. a random caption
+    of each candidate image per trial): ``similarity_of(idx)`` → the (query, candidate) matrix of
+    the candidate set ``idx`` (n items in all); the same seed draws the same candidate sets."""
+    return _top1_trials(n, similarity_of, n_candidates, n_trials, seed, per_item)
+
+
 def _top1_trials(n: int, similarity, n_candidates: int, n_trials: int, seed: int, per_item: bool) -> dict:
     if n < n_candidates:
         raise DataError(f"retrieval needs at least {n_candidates} test items, got {n}")
