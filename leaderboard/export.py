@@ -24,7 +24,7 @@ IDENTITY = ("dataset", VARIANT, "data_id", "subject", "backbone", "weights", "we
 
 def schema_text() -> str:
     """The JSON Schema of ``leaderboard.json`` (package data)."""
-    return resources.files("brainharness.leaderboard").joinpath(SCHEMA_FILE).read_text(encoding="utf-8")
+    return resources.files("brainharness.leaderboard").joinpath(SCHEMA_FILE).read_bytes().decode("utf-8")
 
 
 def _plain(value):

@@ -1,5 +1,5 @@
 """Results store → leaderboard files: per table ``<name>.md``, ``.csv``, ``.tex`` and PNG plots,
-plus one ``index.html``. Each table follows its task's layout (:mod:`brainharness.layout`);
+plus the static site (:mod:`brainharness.leaderboard.site`). Each table follows its task's layout (:mod:`brainharness.layout`);
 how rows are built and ranked is in :mod:`brainharness.leaderboard.build`, the text formats in
 :mod:`brainharness.leaderboard.render`, the plots in :mod:`brainharness.leaderboard.plots`.
 """
@@ -15,6 +15,7 @@ from brainharness.results import atomic_write_bytes
 
 from .build import build_tables, leaderboard_records, weights_info
 from .render import render_html, render_latex, render_markdown, to_csv
+from .site import write_site
 
 __all__ = ["build_tables", "check_out_dir", "leaderboard_records", "render_all_markdown", "render_html", "render_latex",
            "render_markdown", "store_warning", "to_csv", "weights_info", "write_leaderboard"]
@@ -85,14 +86,16 @@ def check_out_dir(out_dir: str | Path) -> Path:
 
 def write_leaderboard(results_root: str | Path, out_dir: str | Path, plots: bool = True,
                       problems: list | None = None) -> dict[str, dict[str, Path]]:
-    """Write ``<task>.md``, ``<task>.csv``, ``<task>.tex`` (and PNG plots) per task, plus
-    ``index.html`` with every table; all atomically. Returns ``{task: {fmt: path}}`` (each
+    """Write ``<task>.md``, ``<task>.csv``, ``<task>.tex`` (and PNG plots) per task, plus the
+    static site (:mod:`.site`: ``index.html``, a page per result under ``r/``, ``leaderboard.json``
+    and its schema, ``static/``); all atomically. Returns ``{task: {fmt: path}}`` (each
     task's ``html`` entry is the shared index page). With no usable results it writes a short
     ``README.md`` note (and an index page saying so) and returns ``{}``. Problems of the store
     head every Markdown file and the index page, and are appended to ``problems``."""
     out = check_out_dir(out_dir)
     found: list = []
-    tables = build_tables(results_root, found)
+    records = leaderboard_records(results_root, found)
+    tables = build_tables(results_root, found, records=records)
     if problems is not None:
         problems.extend(found)
     warning, banner = store_warning(found), [str(p) for p in found]
@@ -105,7 +108,6 @@ def write_leaderboard(results_root: str | Path, out_dir: str | Path, plots: bool
         note.unlink(missing_ok=True)  # our own stale "no results" note
 
     paths: dict[str, dict[str, Path]] = {}
-    images: dict[str, dict[str, bytes]] = {}
     for task, df in tables.items():
         stem = re.sub(r"[^A-Za-z0-9._=+-]+", "_", task)
         p = {"md": out / f"{stem}.md", "csv": out / f"{stem}.csv", "tex": out / f"{stem}.tex"}
@@ -120,15 +122,13 @@ def write_leaderboard(results_root: str | Path, out_dir: str | Path, plots: bool
             except Exception as e:  # a plotting problem never costs the tables
                 warnings.warn(f"leaderboard plots for {task} skipped: {type(e).__name__}: {e}", stacklevel=2)
                 pngs = {}
-            images[task] = pngs
             if pngs:
                 for name, data in pngs.items():
                     path = out / f"{stem}{'' if name == 'png' else '_' + name.removesuffix('_png')}.png"
                     _write(path, data)
                     p[name] = path
         paths[task] = p
-    index = out / "index.html"
-    _write(index, render_html(tables, images, warnings=banner).encode())
+    index = write_site(out, Path(results_root), tables, records, paths, banner, _write)
     for p in paths.values():
         p["html"] = index
     return paths

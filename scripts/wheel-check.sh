@@ -50,6 +50,10 @@ USER_ENV=(env -i "HOME=$WORK/home" "PATH=$WORK/venv/bin:/usr/local/bin:/usr/bin:
           "PIP_CACHE_DIR=$PIP_CACHE" "PIP_DISABLE_PIP_VERSION_CHECK=1" "BRAINHARNESS_PIP_ONLY=1"
           "HF_HUB_OFFLINE=1" "TRANSFORMERS_OFFLINE=1" "HF_DATASETS_OFFLINE=1" "HF_EVALUATE_OFFLINE=1"
           "WANDB_MODE=offline" "OMP_NUM_THREADS=1")
+# The index and mirror settings pip has here (local wheel folders, extra indexes) carry over.
+while IFS='=' read -r name value; do
+    case $name in PIP_INDEX_URL|PIP_EXTRA_INDEX_URL|PIP_FIND_LINKS|PIP_CERT|PIP_DEFAULT_TIMEOUT) USER_ENV+=("$name=$value");; esac
+done < <(env)
 run() { as_user "${USER_ENV[@]}" "$@"; }
 run mkdir -p "$WORK/home"
 

@@ -300,7 +300,7 @@ def train_stage2(coef, intercept, shape, retrieval_model, tokenizer, train: Pair
                  val: Paired | None = None, epochs: int | None = None, seed: int = 0, device="cpu",
                  progress: bool = False, alphas=None) -> Stage2Result:
     """Fit stage 2 from the ridge map (``coef`` (voxels, Q·H), ``intercept``; ``alphas``: its
-    per-target α, for ``ridge_penalty``).
+    per-target α, for ``mse: ridge``).
 
     With ``val``: early stopping on eq. 1 over ``val`` (epoch 0 = the initial model), the best
     epoch's weights kept. With ``epochs``: exactly that many epochs, no validation.

@@ -89,6 +89,12 @@ def stage_notes(records: list[dict]) -> list[str]:
              "(the ± column's CI resamples one test set: it is not a test of a difference)"] if paired else []
     if any(direction_name(r.get("direction", "")) for rec in records for r in _rows(rec, "retrieval", "direction")):
         delta.append(paper_columns_note())
+    rows = [r for rec in records for r in _rows(rec, "retrieval", "direction")]
+    if any(r.get("space") == "projected" and "image" in str(r.get("direction")) for r in rows):
+        delta.append("stage 2 image↔brain: projected, per-token-normalised features (the authors' code); "
+                     "stage 1: Q-Former outputs")
+    if any(r.get("text_caption") == "random" for r in rows):
+        delta.append("text: a random caption of each image per trial (seeded), as the authors' code")
     return delta + chance_notes(records)
 
 

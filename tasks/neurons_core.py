@@ -27,7 +27,7 @@ def decoder_layers(lm) -> list:
     """The decoder layers of an OPT causal language model (``OPTForCausalLM``)."""
     decoder = getattr(getattr(lm, "model", None), "decoder", None)
     layers = getattr(decoder, "layers", None)
-    if layers is None or not all(hasattr(layer, "fc2") for layer in layers):
+    if layers is None or not all(getattr(layer, "fc2", None) is not None for layer in layers):
         raise ConfigError(f"neurons: the language model {type(lm).__name__} is not an OPT decoder (MLP units are "
                           "read at each layer's fc2 input)")
     return list(layers)

@@ -48,3 +48,14 @@ def make_record(key: dict, status: str = "complete", **fields) -> dict:
         record["error"] = "RuntimeError: failed in a test"
     record.update(fields)
     return record
+
+
+def require_installable(what: str, present: bool, how: str) -> None:
+    """For a test that needs something outside pip (a system package, a server, a browser): nothing
+    to do when ``present``; skip with one line where it cannot be installed (not root and not CI);
+    in CI or as root — where ``.ci/run`` installs it — fail, naming how to install it."""
+    if present:
+        return
+    if os.environ.get("CI") or os.geteuid() == 0:
+        pytest.fail(f"{what} is missing (CI and root install it: {how})")
+    pytest.skip(f"{what} is not installed and cannot be here (not root, not CI): {how}")

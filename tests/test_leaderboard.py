@@ -240,7 +240,9 @@ def test_html_and_latex_contain_the_numbers(store, tmp_path):
     index = (tmp_path / "lb" / "index.html")
     assert paths["encoding"]["html"] == index
     page = index.read_text()
-    assert "<script" not in page and "http://" not in page and "https://" not in page
+    scripts = page.count("<script")  # only the site's own script, shipped beside the page
+    assert scripts == 1 and '<script src="static/site.js">' in page and (tmp_path / "lb" / "static" / "site.js").is_file()
+    assert "http://" not in page and "https://" not in page
     assert "40.5" in page and "31.2" in page and "0.722 ± 0.020" in page
     assert "Not ranked: random-init weights" in page
     tex = paths["encoding"]["tex"].read_text()

@@ -248,7 +248,7 @@ def test_nearest_neighbour_rows_come_from_training_images(run):
 
 
 def test_ridge_penalty_makes_the_ridge_solution_the_mse_minimum():
-    """With ridge_penalty the MSE term's full-batch gradient at the stage-1 ridge is ~0; without it
+    """With mse: ridge the MSE term's full-batch gradient at the stage-1 ridge is ~0; without it
     gradient steps pull the weights off the regularised solution toward an over-fitted one."""
     import torch
 
@@ -342,7 +342,7 @@ def test_bad_parameters_fail_early(tmp_path):
     for bad, match in (({"lambda_mse": -1}, "lambda_mse"), ({"prompt": 3}, "prompt"),
                        ({"roi_stages": [3]}, "roi_stages"), ({"projection_init": "zeros"}, "projection_init"),
                        ({"text_trials": 1}, "text_trials"), ({"refit": "yes"}, "refit"),
-                       ({"ridge_penalty": "yes"}, "ridge_penalty"), ({"select_on": "top1"}, "select_on")):
+                       ({"mse": "yes"}, "mse"), ({"select_on": "top1"}, "select_on")):
         with pytest.raises(ConfigError, match=match):
             DecodingTask(**bad)
     with pytest.raises(PluginNotFound, match="did you mean 'blip2'"):

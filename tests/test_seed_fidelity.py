@@ -204,3 +204,13 @@ def test_seed000_config_follows_the_authors_code():
     assert (p["retrieval_space"], p["text_caption"], p["weight_decay"], p["brain_lr_factor"]) == \
         ("projected", "random", 0.01, 0.2)
     assert p["label_smoothing"] == 0.1 and p["temperature"] == 0.07 and p["learn_temperature"]
+
+
+def test_table1_note_names_the_space_and_the_caption_draw():
+    rows = [{"stage": 2, "direction": "image→brain", "mean": 0.5, "space": "projected"},
+            {"stage": 2, "direction": "brain→text", "mean": 0.4, "space": "projected", "text_caption": "random"}]
+    notes = " ".join(stage_notes([{"tables": {"retrieval": rows}}]))
+    assert "projected, per-token-normalised" in notes and "random caption" in notes
+    rows = [{**r, "space": "qformer", "text_caption": "index"} for r in rows]
+    notes = " ".join(stage_notes([{"tables": {"retrieval": rows}}]))
+    assert "projected, per-token" not in notes and "random caption" not in notes
