@@ -274,7 +274,11 @@ class Blip2(Backbone):
 
     @property
     def language_projection(self):
-        return self.model.language_projection  # generation variant
+        return self.model.language_projection  # generation variant (and language_model)
+
+    @property
+    def language_model(self):
+        return self.model.language_model
 
     @property
     def vision_projection(self):

@@ -66,6 +66,10 @@ class QueryCaptioner(QueryTokens, Protocol):
 
     @property
     def language_projection(self): ...  # torch module: Q-Former width → language-model width
+    @property
+    def language_model(self): ...  # the causal language model the projected queries prefix
+    @property
+    def tokenizer(self): ...
     def generate_from_query_embeds(self, query_embeds, prompt: str | None = None,
                                    **generate_kwargs) -> list[str]: ...
 

@@ -105,7 +105,7 @@ class NeuronsTask(RetrievalTask):
             raise DataError("neurons: needs at least two test images")
         t["stage1_s"] = time.perf_counter() - t0
         gen = ctx.backbone
-        lm = gen.model.language_model  # the generation model (declared: QUERY_CAPTIONER)
+        lm = gen.language_model  # declared by QUERY_CAPTIONER
         layers = nc.resolve_layers(lm, p["lm_layers"])
         self.lm, self.layers, self.f = lm, layers, nc.n_units(lm, layers)
         embeds = {IMAGE: self._embeds(gen, s1.Y_score[idx], s1.shape),
@@ -149,19 +149,19 @@ class NeuronsTask(RetrievalTask):
         """The language model's input: projected query outputs, then the prompt's embeddings."""
         import torch
 
-        m = gen.model
         q = torch.as_tensor(np.asarray(queries, dtype=np.float32).reshape(len(queries), *shape),
-                            device=m.language_projection.weight.device)
+                            device=gen.language_projection.weight.device)
         prompt = self.p["prompt"]
         if prompt is None:
-            if m.config.text_config.bos_token_id is None:
+            bos = gen.language_model.config.bos_token_id
+            if bos is None:
                 raise ConfigError("neurons: the language model has no BOS token; give a prompt")
-            ids = [m.config.text_config.bos_token_id]
+            ids = [bos]
         else:
             ids = gen.tokenizer(prompt, add_special_tokens=True)["input_ids"]
         with torch.no_grad():
-            text = m.get_input_embeddings()(torch.tensor([ids], device=q.device)).repeat(len(q), 1, 1)
-            return torch.cat([m.language_projection(q).to(text.dtype), text], 1)
+            text = gen.language_model.get_input_embeddings()(torch.tensor([ids], device=q.device)).repeat(len(q), 1, 1)
+            return torch.cat([gen.language_projection(q).to(text.dtype), text], 1)
 
     def _batched(self, fn, embeds, *per_row, **kw):
         """``fn(lm, embeds[batch], layers, positions, *per_row[batch], **kw)`` over batches, concatenated."""
