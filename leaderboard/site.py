@@ -23,7 +23,7 @@ from brainharness.layout import MISSING
 
 from . import export
 from .build import VARIANT, record_path
-from .display import cell, display_columns, header, ranking_sentence
+from .display import cell, display_columns, header, ranking_sentence, sections
 from .pages import Writer, anchor, esc, head, page_of, write_pages
 
 FACETS = (("variant", "dataset variant"), ("subject", "subject"), ("weights", "weights"),
@@ -116,6 +116,14 @@ def table_html(task: str, df: pd.DataFrame, records: dict[str, dict]) -> str:
         out.append(f"<tr{cls} {facets}>" + "".join(cells) + "</tr>")
     out.append("</tbody></table></div>")
     return "\n".join(out)
+
+
+def _text_table(head_row: list[str], body: list[list[str]], tid: str) -> str:
+    """A table of display strings (sortable as text; the first column pinned)."""
+    def row(cells, tag):
+        return "".join(f'<{tag}{" class=pin" if n == 0 else ""}>{esc(c)}</{tag}>' for n, c in enumerate(cells))
+    return (f'<div class="scroll"><table class="sortable" id="{tid}"><thead><tr>{row(head_row, "th")}</tr></thead>'
+            "<tbody>" + "".join(f"<tr>{row(r, 'td')}</tr>" for r in body) + "</tbody></table></div>")
 
 
 def _filters(tables: dict[str, pd.DataFrame], records: dict[str, dict]) -> str:
@@ -212,10 +220,13 @@ def render_index(tables: dict[str, pd.DataFrame], records: dict[str, dict], file
         parts += [f'<h2 id="t-{esc(anchor(task))}-h">{esc(task)} — {esc(a.get("title", ""))}</h2>',
                   f"<p class=d>{esc(ranking_sentence(df, quote=''))} Download: {links}</p>",
                   table_html(task, df, records)]
+        side = [sec for sec in sections(df) if a.get("side_columns") and sec[0] == a.get("side_title")]
+        for title, head_row, body in side:  # a layout's second per-row table (e.g. the layer chosen per ROI)
+            parts += [f"<h3>{esc(title)}</h3>", _text_table(head_row, body, f"t-{anchor(task)}-side")]
         if a.get("notes"):
             parts.append("<ul>" + "".join(f"<li>{esc(n)}</li>" for n in a["notes"]) + "</ul>")
         for name, f in files.get(task, {}).items():
-            if name in ("png", "heatmap_png"):
+            if name not in ("md", "csv", "tex"):  # the table's plots, then one per row where the layout has them
                 parts.append(f'<p><img alt="{esc(task)} {esc(name)}" src="{esc(f)}" loading="lazy"></p>')
     parts += [about(tables, records), f"<footer>brainharness {esc(__version__)} · static site, no server "
               "needed</footer>", "</body>", "</html>", ""]
