@@ -90,6 +90,7 @@ def test_missing_wordnet_is_reported_with_how_to_supply_it(monkeypatch, tmp_path
     monkeypatch.delenv("BRAINHARNESS_WORDNET_DIR", raising=False)
     monkeypatch.setenv("BRAINHARNESS_PIP_ONLY", "1")
     monkeypatch.setattr(caption_evaluate, "_pip_wordnet_dir", lambda: None)  # as without the captions extra
+    monkeypatch.setattr(caption_evaluate, "_nltk_has", lambda *a, **k: False)  # and no NLTK data of its own
     with pytest.warns(RuntimeWarning, match="meteor unavailable"):
         per, summary, info = cm.caption_scores(PREDS[:2], REFS[:2], metrics=["meteor"], cache_dir=tmp_path)
     assert summary == {"meteor": None} and per == {}
