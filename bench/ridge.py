@@ -14,6 +14,8 @@ timed end to end, fit + predict on held-out samples, after a tiny warm-up fit):
   over folds of the per-fold mean squared error; sklearn ``KFold`` = contiguous folds, the
   first ``n % 5`` folds one sample larger; the harness uses the same folds. With unequal folds
   himalaya averages per-fold MSEs while the harness pools SSE / n, a tiny difference in weights);
+* harness ``cv=5``      vs the same K-fold criterion with every step in float64 (``RidgeCV(...,
+  dtype=float64)``, at most 1,024 targets): the accuracy reference for the float32 K-fold;
 * harness ``cv="gcv"`` (the default mode), timed against both;
 * an α sweep: k fits, each with a different α grid, reusing one ``Decomposition`` vs k
   independent fits.
@@ -95,7 +97,7 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--feature-decay", type=float, default=0.0,
                     help="power-law exponent of the feature-noise spectrum (0 = isotropic noise, the default)")
-    ap.add_argument("--skip", default="", help="comma list of: sklearn, himalaya, sweep")
+    ap.add_argument("--skip", default="", help="comma list of: sklearn, himalaya, float64, sweep")
     ap.add_argument("--dry-run", action="store_true", help="print the chosen size and the time estimate, then exit")
     args = ap.parse_args(argv)
     args.alpha_list = parse_alphas(args.alphas)
@@ -169,13 +171,24 @@ def main(argv=None):
         if extra:
             log(f"    {PHASES['himalaya']['how']}")
 
+    if "float64" not in skip:  # the K-fold reference: the same criterion with every step in float64
+        t64 = min(t, ref_t, 1024)
+        log(f"\n[float64 reference] RidgeCV(alphas, cv={K_FOLDS}, dtype=float64), {t64} targets")
+        with phase("float64", mem, targets=t64, extrapolated=False):
+            m64 = RidgeCV(alphas, cv=K_FOLDS, device=device, dtype=torch.float64, target_batch=args.target_batch)
+            m64.fit(Xtr.astype(np.float64), Ytr[:, :t64].astype(np.float64))
+            res["float64"] = (m64.predict(Xte.astype(np.float64)), m64.best_alphas_.cpu().numpy())
+            del m64
+        log(f"  float64      {PHASES['float64']['seconds']:8.2f} s   {_mem_str(PHASES['float64'])}")
+
     sweep = {}
     if "sweep" not in skip:
         sweep = run_sweep(Xtr, Ytr, Xte, alphas, args, device, mem)
 
     # -- summary ---------------------------------------------------------------------
-    C = {k: PHASES[k]["cpu_seconds"] for k in ("harness_gcv", "harness_loo", "harness_cv5", "sklearn", "himalaya") if k in PHASES}
-    T = {k: PHASES[k]["seconds"] for k in ("harness_gcv", "harness_loo", "harness_cv5", "sklearn", "himalaya") if k in PHASES}
+    names = ("harness_gcv", "harness_loo", "harness_cv5", "sklearn", "himalaya", "float64")
+    C = {k: PHASES[k]["cpu_seconds"] for k in names if k in PHASES}
+    T = {k: PHASES[k]["seconds"] for k in names if k in PHASES}
     load = [round(x, 2) for x in os.getloadavg()]
     out = dict(scale=scale, scale_reason=why, n=n, p=p, t=t, n_test=n_test, n_alphas=len(alphas),
                alphas=[float(f"{a:.6g}") for a in alphas], mode="dual" if n < p else "primal",
@@ -197,7 +210,8 @@ def main(argv=None):
                                                        == np.asarray(alphas, np.float32)[None]).sum(0))}
     out["best_alpha_counts_loo"] = hist
     log("  harness LOO best-alpha counts: " + ", ".join(f"{a}:{c}" for a, c in hist.items()))
-    for ref, mine, mode_t in (("sklearn", "harness_loo", "harness LOO"), ("himalaya", "harness_cv5", "harness cv=5")):
+    for ref, mine, mode_t in (("sklearn", "harness_loo", "harness LOO"), ("himalaya", "harness_cv5", "harness cv=5"),
+                               ("float64", "harness_cv5", "harness cv=5")):
         if ref not in res:
             continue
         pr, br = res[ref]

@@ -72,7 +72,10 @@ class Decomposition:
 
     @classmethod
     def of(cls, X, *, fit_intercept: bool = True, solver: str = "auto", device=None,
-           dtype=DTYPE, eig_dtype=EIG_DTYPE, keep_gram: bool = False) -> "Decomposition":
+           dtype=DTYPE, eig_dtype=EIG_DTYPE, keep_gram: bool = False,
+           min_alpha: float | None = None) -> "Decomposition":
+        """``min_alpha``: the smallest α the fit will use, if known; then a dual decomposition is
+        first tried in ``dtype`` and kept if its error bound allows that α (see ``_fold_solvers``)."""
         device = resolve_device(device)
         X = _as_tensor(X, device, dtype)
         if X.ndim != 2:
@@ -92,7 +95,13 @@ class Decomposition:
         X64 = Xc.to(eig_dtype)
         gram = X64 @ X64.T if mode == "dual" else X64.T @ X64
         del X64
-        s, vecs = _eig(gram, dtype)
+        s = None
+        if min_alpha is not None and mode == "dual" and dtype != eig_dtype:
+            s, vecs = _eig(gram.to(dtype), dtype)
+            if _eig_error_bound(s, dtype, min_alpha) > FOLD_EIG_TOL:
+                s = None  # too ill-conditioned for ``dtype``: decompose in ``eig_dtype``
+        if s is None:
+            s, vecs = _eig(gram, dtype)
         return cls(mode, X_mean, Xc, s, vecs, fit_intercept, gram if keep_gram and mode == "dual" else None)
 
 
@@ -150,8 +159,10 @@ class RidgeCV:
     # -- fitting ---------------------------------------------------------------------
     def fit(self, X, Y, decomposition: Decomposition | None = None) -> "RidgeCV":
         device = resolve_device(self.device) if decomposition is None else decomposition.Xc.device
+        kfold = self.cv not in ("gcv", "loo")  # GCV/LOO read every α from one decomposition: always float64
         d = decomposition or Decomposition.of(X, fit_intercept=self.fit_intercept, solver=self.solver, device=device,
-                                               dtype=self.dtype, keep_gram=self.cv not in ("gcv", "loo"))
+                                               dtype=self.dtype, keep_gram=kfold,
+                                               min_alpha=float(self._alphas(device).min()) if kfold else None)
         Y = _as_tensor(Y, device, self.dtype)
         if Y.ndim == 1:
             Y = Y[:, None]
@@ -202,15 +213,16 @@ class RidgeCV:
         dual = (n < X.shape[1]) if solver == "auto" else solver == "dual"
         if dual and gram is None:  # one n × n Gram for all folds; each fold's centred kernels come from it
             # as Decomposition.of computes it (then reuse gives the same numbers); any common
-            # shift of the rows is fine: the fold centring in _fold_kernel is exact
+            # shift of the rows is fine: the fold centring in _fold_solvers is exact
             X64 = (X - X.mean(0) if fit_intercept else X).to(torch.float64)
             gram = X64 @ X64.T
             del X64
         for lo, hi in zip(bounds[:-1], bounds[1:]):
             val = torch.zeros(n, dtype=torch.bool, device=device)
             val[lo:hi] = True
+            exact = {}  # α index -> (n_train, n_val) solve matrix, for α the fold's eigenpairs cannot serve
             if dual:
-                eigvals, U, proj = _fold_kernel(gram, val, fit_intercept, self.dtype)
+                eigvals, U, proj, exact = _fold_solvers(gram, val, fit_intercept, alphas, self.dtype)
             else:
                 d = Decomposition.of(X[~val], fit_intercept=fit_intercept, solver=solver, device=device,
                                      dtype=self.dtype)
@@ -224,10 +236,11 @@ class RidgeCV:
                 Yb = Y[:, sl]  # slice targets first: no copy of all of Y per batch
                 Ytr = Yb[~val]
                 mu = Ytr.mean(0) if fit_intercept else torch.zeros_like(Ytr[0])
-                Q = U.T @ (Ytr - mu)
+                Ytr = Ytr - mu
+                Q = U.T @ Ytr if len(exact) < len(alphas) else None
                 Yv = Yb[val] - mu
                 for i, a in enumerate(alphas):
-                    err = Yv - proj @ (Q * f_of(a)[:, None])
+                    err = Yv - (exact[i].T @ Ytr if i in exact else proj @ (Q * f_of(a)[:, None]))
                     errors[i, sl] += (err * err).mean(0)
         return errors / k
 
@@ -241,19 +254,42 @@ class RidgeCV:
         return out.cpu().numpy() if as_numpy else out
 
 
-def _fold_kernel(gram: torch.Tensor, val: torch.Tensor, fit_intercept: bool, dtype):
-    """A fold's dual quantities from the full Gram: eigenpairs of the training rows' kernel and
-    the validation-by-eigenvector projection ``K_vt U``, both centred on the training rows' mean
-    ``μ``: ``(x_a − μ)·(x_b − μ) = G_ab − mean_t G_at − mean_t G_tb + mean_tt G``. This replaces
-    a Gram of the training rows per fold (O(n²p) each) with one for all folds."""
+FOLD_EIG_TOL = 3e-4  # largest relative error bound accepted from K-fold eigenpairs in ``dtype``
+
+
+def _eig_error_bound(eigvals: torch.Tensor, dtype, alphas):
+    """Bound on the relative error of the filter 1/(λ+α) from eigenvalues computed in ``dtype``
+    (absolute error ~ eps·λ_max). It overestimates the measured error ~10-20×."""
+    return torch.finfo(dtype).eps * eigvals.max() / (eigvals.min() + alphas)
+
+
+def _fold_solvers(gram: torch.Tensor, val: torch.Tensor, fit_intercept: bool, alphas, dtype):
+    """A fold's dual solvers from the full (float64) Gram, centred on the training rows' mean ``μ``:
+    ``(x_a − μ)·(x_b − μ) = G_ab − mean_t G_at − mean_t G_tb + mean_tt G`` (one Gram for all folds
+    instead of one per fold, O(n²p) each).
+
+    The training kernel is eigendecomposed in ``dtype`` (float32 by default: several times faster
+    than float64). Its eigenvalues carry an absolute error ~ eps·λ_max, so the filter 1/(λ+α)
+    is accurate to ~ eps·λ_max / (λ_min + α) (λ_min: the smallest kept eigenvalue). For every α
+    where that bound exceeds ``FOLD_EIG_TOL`` (small α on correlated, ill-conditioned features)
+    the fold is solved exactly in float64 instead: a Cholesky of ``K_tt + αI`` per such α gives
+    ``S_α = (K_tt + αI)⁻¹ K_tv``, and the validation predictions are ``S_αᵀ Y_t``.
+    Returns eigenvalues, U, ``K_vt U`` (None when no α uses them) and {α index: S_α}."""
     G_tt, G_vt = gram[~val][:, ~val], gram[val][:, ~val]
     if fit_intercept:
         r = G_tt.mean(1)
         s = r.mean()
         G_tt = G_tt - r[:, None] - r[None, :] + s
         G_vt = G_vt - G_vt.mean(1, keepdim=True) - r[None, :] + s
-    eigvals, U = _eig(G_tt, dtype)
-    return eigvals, U, (G_vt @ U.to(G_vt.dtype)).to(dtype)
+    eigvals, U = _eig(G_tt.to(dtype), dtype)
+    bound = _eig_error_bound(eigvals, dtype, alphas)
+    exact = {}
+    eye = torch.eye(G_tt.shape[0], dtype=G_tt.dtype, device=G_tt.device)
+    for i in (bound > FOLD_EIG_TOL).nonzero().flatten().tolist():
+        L = torch.linalg.cholesky(G_tt + float(alphas[i]) * eye)
+        exact[i] = torch.cholesky_solve(G_vt.T.contiguous(), L).to(dtype)
+    proj = (G_vt.to(dtype) @ U) if len(exact) < len(alphas) else None
+    return eigvals, U, proj, exact
 
 
 def _efficient_cv_errors(d: Decomposition, U, Q, Yc, alphas, loo: bool) -> torch.Tensor:

@@ -30,6 +30,9 @@ Rules (each one is tested in ``tests/test_leaderboard.py`` and ``tests/test_lead
   the layout's direction, within each dataset variant × subject (scores on different data or
   subjects are not comparable). Ties share the lower rank. A ranked-weights row without a main
   score gets no rank and sorts last.
+* **Uncertainty is the record's.** Cell intervals come from the record (stored when it was
+  scored, ``df.attrs["cell_intervals"]``); each ranked row is compared with its block's rank-1
+  row by a paired test, Holm-corrected (``tied_with_best``, ``p_vs_best``; :mod:`.compare`).
 * **No silent duplicates.** Every row has an identity (dataset, variant, subject, backbone, the
   layout's row labels, weights, layer, readout, experiment, seed); experiment and seed are
   columns so two experiments on one backbone stay distinguishable. If two rows still share an
@@ -49,9 +52,10 @@ import numpy as np
 import pandas as pd
 
 from brainharness.identity import flatten
-from brainharness.layout import DEFAULT_TABLE, Intervals, Row, Table, num, text
+from brainharness.layout import DEFAULT_TABLE, Intervals, RoiColumns, Row, Table, num, text
 from brainharness.results import ResultStore
 
+from .compare import P_VALUE, TIED, compare_to_best
 from .identity import control_of, dataset_variant
 from .layouts import Layouts
 
@@ -203,6 +207,8 @@ def _build_table(name: str, table: Table, items: list[Row], notes: list[str], ro
     for item in items:
         record = item.record
         row = _identity(item, labels, root)
+        row["_rec"] = record  # for the paired comparison with the best row (dropped below)
+        row["_ci"] = _cell_intervals(family, record)
         values, flags = family.values(record)
         if side is not None:
             side_values, _ = side.columns.values(record)
@@ -261,6 +267,8 @@ def _build_table(name: str, table: Table, items: list[Row], notes: list[str], ro
             df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
     df["seed"] = pd.array(df["seed"].tolist(), dtype="Int64") if "seed" in df else pd.array([], dtype="Int64")
     df = _sort_and_rank(df, table.higher_is_better)
+    compare_to_best(df, df["_rec"].tolist(), main, root)
+    intervals = df["_ci"].tolist()  # row order: {column: (ci_low, ci_high)}
     levels = _levels(table, main, rows, items)
 
     side_cols: list[str] = []
@@ -272,7 +280,7 @@ def _build_table(name: str, table: Table, items: list[Row], notes: list[str], ro
                 df[c] = math.nan
     row_data = df["_row_data"].tolist() if "_row_data" in df else []  # row order, for per-row plots
     df = df.drop(columns=[c for c in df.columns if c.startswith("_")])
-    df = df[["rank"] + ident_cols + value_cols + side_cols + list(META) + ["main_score"]]
+    df = df[["rank"] + ident_cols + value_cols + side_cols + list(META) + ["main_score", TIED, P_VALUE]]
 
     notes.extend(table.notes([r.record for r in items]) if table.notes else [])
     formats = {**kinds, "main_score": family.kind("main_score")}
@@ -291,9 +299,25 @@ def _build_table(name: str, table: Table, items: list[Row], notes: list[str], ro
         unranked_note=table.unranked_note, side_columns=side_cols,
         side_title=side.title if side else "", side_suffix=side.suffix if side else "",
         side_fixed=[f"{c}{side.suffix}" for c in side.columns.fixed()] if side else [],
-        plots=[(p.kind, dict(p.params)) for p in table.plots], row_data=row_data,
+        plots=[(p.kind, dict(p.params)) for p in table.plots], row_data=row_data, cell_intervals=intervals,
     )
     return df
+
+
+def _cell_intervals(family, record: dict) -> dict:
+    """``{column: (ci_low, ci_high)}`` of a per-ROI table's cells from the record: the whole-brain
+    cell from ``scores["<score>_ci_low/high"]``, each ROI cell from its ``per_roi`` row's
+    ``<field>_ci_low/high`` (stored by the task when it scored the record; never recomputed)."""
+    if not isinstance(family, RoiColumns):
+        return {}
+    scores = record.get("scores") or {}
+    out = {family.whole: (num(scores.get(f"{family.score}_ci_low")), num(scores.get(f"{family.score}_ci_high")))}
+    field = family.value or family.score
+    for row in (record.get("tables") or {}).get(family.table) or []:
+        if isinstance(row, dict) and row.get(family.key) is not None and row.get(family.key) not in family.skip:
+            out.setdefault(family.column(row[family.key]), (num(row.get(f"{field}_ci_low")),
+                                                           num(row.get(f"{field}_ci_high"))))
+    return {c: v for c, v in out.items() if not (math.isnan(v[0]) or math.isnan(v[1]))}
 
 
 def _created(item: Row) -> tuple[str, float]:

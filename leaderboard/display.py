@@ -11,6 +11,7 @@ import pandas as pd
 
 from brainharness.layout import MISSING, PAIRED
 
+from . import compare
 from .build import VARIANT
 
 TEXT_COLUMNS = ("flags", "not_ranked_reason", "record")
@@ -44,6 +45,8 @@ def display_columns(df: pd.DataFrame) -> list[str]:
         cols += [c for c in a.get("value_columns", []) if c in df]
     if a.get("main_column") == "main_score":
         cols.append("main_score")
+    if compare.shown(df):
+        cols.append(compare.VS_BEST)
     if "flags" in df and (df["flags"].astype(str).str.len() > 0).any():
         cols.append("flags")
     if "flags" in df and df["flags"].astype(str).str.contains("duplicate identity").any():
@@ -64,6 +67,8 @@ def cell(df: pd.DataFrame, i, col: str) -> str:
             d, dlo, dhi = (df.at[i, f"{col} {k}"] for k in PAIRED)
             text += f" (Δ {d:+.3f} [{dlo:+.3f}, {dhi:+.3f}])"
         return text
+    if col == compare.VS_BEST:
+        return compare.verdict(df, i)
     if col in TEXT_COLUMNS:
         value = df.at[i, col]
         return "" if pd.isna(value) else str(value)

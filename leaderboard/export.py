@@ -4,7 +4,10 @@ Each entry names the record (its identity hash, its path in the store, its page 
 who it is (dataset, variant, subject, backbone, weights, …) and, per leaderboard row it makes
 (a record may make several, e.g. one per model stage), the rank or the reason it is not ranked
 and every value column as ``{"value", "ci_low", "ci_high"}`` (intervals where the record has
-them; ``null`` where a value is missing — never filled). The file validates against
+them — e.g. bootstrap intervals over test images, stored when the record was scored; ``null`` where a
+value is missing — never filled), and the comparison with its block's best row
+(``tied_with_best``: true / false, null where no paired test was possible or the row is not
+ranked; ``p_vs_best``: the Holm-adjusted p-value, see :mod:`.compare`). The file validates against
 ``leaderboard.schema.json`` (shipped in this package, copied beside the file).
 """
 from __future__ import annotations
@@ -15,6 +18,7 @@ from importlib import resources
 import pandas as pd
 
 from .build import VARIANT
+from .compare import P_VALUE, TIED
 
 SCHEMA_ID = "brainharness.leaderboard/1"
 SCHEMA_FILE = "leaderboard.schema.json"
@@ -38,7 +42,7 @@ def _plain(value):
     return value
 
 
-def _scores(df: pd.DataFrame, i) -> dict:
+def _scores(df: pd.DataFrame, i, position: int) -> dict:
     a = df.attrs
     groups = a.get("interval_groups") or []
     out = {}
@@ -48,9 +52,12 @@ def _scores(df: pd.DataFrame, i) -> dict:
                 out[g] = {"value": _plain(df.at[i, f"{g} mean"]), "ci_low": _plain(df.at[i, f"{g} ci_low"]),
                           "ci_high": _plain(df.at[i, f"{g} ci_high"])}
     else:
+        intervals = (a.get("cell_intervals") or [])
+        cis = intervals[position] if position < len(intervals) else {}
         for c in a.get("value_columns") or []:
             if c in df:
-                out[c] = {"value": _plain(df.at[i, c]), "ci_low": None, "ci_high": None}
+                lo, hi = cis.get(c, (None, None))
+                out[c] = {"value": _plain(df.at[i, c]), "ci_low": _plain(lo), "ci_high": _plain(hi)}
     return out
 
 
@@ -61,7 +68,7 @@ def entries(tables: dict[str, pd.DataFrame], records: dict[str, dict], pages: di
     for task, df in tables.items():
         a = df.attrs
         labels = a.get("label_columns") or []
-        for i in df.index:
+        for position, i in enumerate(df.index):
             path = str(df.at[i, "record"])
             record = records.get(path, {})
             key = record.get("key") or {}
@@ -79,7 +86,9 @@ def entries(tables: dict[str, pd.DataFrame], records: dict[str, dict], pages: di
                 "not_ranked_reason": str(df.at[i, "not_ranked_reason"] or "") or None,
                 "main_score": {"name": a.get("main_score"), "value": _plain(df.at[i, "main_score"]),
                                "higher_is_better": not a.get("ascending", False)},
-                "scores": _scores(df, i),
+                "scores": _scores(df, i, position),
+                "tied_with_best": _plain(df.at[i, TIED]) if TIED in df else None,
+                "p_vs_best": _plain(df.at[i, P_VALUE]) if P_VALUE in df else None,
                 "flags": str(df.at[i, "flags"] or "") or None,
             })
     return list(out.values())

@@ -140,6 +140,9 @@ def _rows_html(rows: list[dict]) -> str:
         labels = ", ".join(f"{k} {v}" for k, v in r["labels"].items() if v is not None)
         main = r["main_score"]
         value = MISSING if main["value"] is None else f"{main['value']:.4g}"
+        if r.get("tied_with_best") is not None:  # the paired test against the block's rank-1 row
+            value += ("; best" if r.get("p_vs_best") is None else
+                      f"; {'tied with' if r['tied_with_best'] else 'worse than'} best (Holm p = {r['p_vs_best']:.2g})")
         items.append(f'<li><a href="../index.html#t-{esc(anchor(r["table"]))}">{esc(r["table"])}</a>'
                      f"{' (' + esc(labels) + ')' if labels else ''}: {esc(status)}; {esc(main['name'])} = {esc(value)}"
                      "</li>")

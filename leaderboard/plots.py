@@ -61,6 +61,10 @@ def _bars(ax, part: pd.DataFrame, levels: list) -> None:
         lo, hi = part[f"{d} ci_low"].to_numpy(float), part[f"{d} ci_high"].to_numpy(float)
         err = np.vstack([values - lo, hi - values])
         err = np.where(np.isnan(err), 0.0, err)
+    elif any(col in c for c in part.attrs.get("cell_intervals") or []):  # intervals stored in the records
+        cis = [part.attrs["cell_intervals"][i].get(col, (math.nan, math.nan)) for i in part.index]
+        err = np.vstack([values - [c[0] for c in cis], [c[1] for c in cis] - values])
+        err = np.where(np.isnan(err), 0.0, err)
     y = np.arange(len(part))
     shown = np.where(np.isnan(values), 0.0, values)
     bars = ax.barh(y, shown, xerr=err, color=[COLOURS[s] for s in states], edgecolor="#333333", linewidth=0.5,

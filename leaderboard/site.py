@@ -21,9 +21,9 @@ from brainharness import __version__, registry
 from brainharness.errors import HarnessError
 from brainharness.layout import MISSING
 
-from . import export
+from . import compare, export
 from .build import VARIANT, record_path
-from .display import cell, display_columns, header, ranking_sentence, sections
+from .display import cell, display_columns, fmt, header, ranking_sentence, sections
 from .pages import Writer, anchor, esc, head, page_of, write_pages
 
 FACETS = (("variant", "dataset variant"), ("subject", "subject"), ("weights", "weights"),
@@ -94,9 +94,11 @@ def table_html(task: str, df: pd.DataFrame, records: dict[str, dict]) -> str:
     out = [f'<div class="scroll"><table class="sortable filterable" id="{tid}">',
            f"<caption>{caption} · <span class=count id=\"{tid}-count\"></span></caption>",
            "<thead><tr>" + "".join(heads) + "</tr></thead>", "<tbody>"]
-    for i in df.index:
+    intervals = a.get("cell_intervals") or []
+    for position, i in enumerate(df.index):
         path = str(df.at[i, "record"])
         record = records.get(path, {})
+        cis = intervals[position] if position < len(intervals) else {}
         facets = " ".join(f'data-{k}="{esc(v)}"' for k, v in _facets(df, i, record).items())
         cls = "" if df.at[i, "ranked"] else ' class="rf"' if df.at[i, "reference"] else ' class="nr"'
         model = esc(cell(df, i, MODEL))
@@ -110,6 +112,10 @@ def table_html(task: str, df: pd.DataFrame, records: dict[str, dict]) -> str:
             text, v = cell(df, i, c), _sort_value(df, i, c)
             klass = "m" if text == MISSING else ("t" if v is None else "")
             attrs = (f' class="{klass}"' if klass else "") + (f' data-v="{esc(v)}"' if v is not None else "")
+            if c in cis and text != MISSING:  # the record's stored bootstrap interval (shown for the main column)
+                lo, hi = (fmt(x, a.get("formats", {}).get(c, "acc")) for x in cis[c])
+                attrs += f' title="95 % CI {esc(lo)}–{esc(hi)}"'
+                text += f" [{lo}, {hi}]" if c == a.get("main_column") else ""
             cells.append(f"<td{attrs}>{esc(text)}</td>")
         if has_flags:
             cells.append(f'<td class="why">{esc(df.at[i, "flags"])}</td>')
@@ -182,6 +188,12 @@ def about(tables: dict[str, pd.DataFrame], records: dict[str, dict]) -> str:
                    + (f" Ceilings and floors (reference rows, never ranked): {esc(', '.join(refs))}." if refs else "")
                    + (f" Chance: {esc(', '.join(levels))}." if levels else "") + "</dd>")
         out += [f"<dd>Note: {esc(n)}</dd>" for n in a.get("notes") or []]
+    if any(compare.shown(df) or any(df.attrs.get("cell_intervals") or []) for df in tables.values()):
+        out.append("<dt>Intervals and “vs best”</dt><dd>[low, high] after a score (and the tooltip of a cell) is "
+                   "its 95 % bootstrap interval over test images, stored in the record when it was scored. "
+                   "“vs best” compares each ranked row with the rank-1 row of its block by a paired bootstrap "
+                   "over the same resampled test images, Holm-corrected for the number of rows compared: "
+                   f"“tied with best” = adjusted p ≥ {compare.ALPHA}; — = no comparable per-image data.</dd>")
     out.append("</dl>")
     return "\n".join(out)
 

@@ -40,6 +40,15 @@ if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null
 fi
 # ---- end browser ---------------------------------------------------------------------------------
 
+# ---- postgres (sweep workers test) ---------------------------------------------------------------
+# Debian's postgresql: tests/test_sweep_workers.py (pytest marker `postgres`) starts a private server
+# in a temporary folder (tests/conftest_postgres.py). Not needed to run the harness: SQLite is the
+# default sweep storage; a PostgreSQL storage needs `pip install "brainharness[postgres]"` only.
+if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
+    missing+=(postgresql)
+fi
+# ---- end postgres --------------------------------------------------------------------------------
+
 if [ ${#missing[@]} -eq 0 ]; then
     echo "system-deps: all present (${PACKAGES[*]}, java)"
     exit 0

@@ -22,6 +22,8 @@ Config section::
       report: null                 # optional "module:function" called at the end (see Sweep.run)
       objective: null              # the validation score maximised (default: the task's main score),
                                    # e.g. "stage2 brain→text" for decoding
+      heartbeat_interval: 60       # s between a running trial's heartbeats (many workers: see .workers)
+      grace_period: 180            # s without a heartbeat after which a trial's worker counts as dead
       space:                       # default: the task's own search_space
         alpha_min: {low: 1.0e-3, high: 1.0e+2, log: true}
         pca: {choices: [null, 64, 256]}
@@ -33,6 +35,10 @@ size. It is resumable: a grid point counts as done only when a trial of it is *c
 after an interruption the next run evaluates exactly the points without a complete trial —
 those never started, those whose trial failed or was interrupted, and (last) those whose
 trial was left ``RUNNING`` by a killed worker.
+
+Any number of workers may run one study at once (``brainharness sweep CONFIG --workers N``, or
+the same command on several machines with a PostgreSQL storage): ``n_trials`` counts for the
+study, a dead worker's trial is retried, and the best is scored on test once (:mod:`.workers`).
 """
 from __future__ import annotations
 
@@ -45,10 +51,12 @@ from brainharness.preflight import check_fraction, check_objective, check_pca, c
     fit_rows, space_values
 from brainharness.runner import Runner, UnitOutcome
 
+from .workers import WORKER, StudyLock, run_trials, with_retry
+
 log = logging.getLogger(__name__)
 
 SWEEP_KEYS = {"study", "storage", "backbone", "task", "subject", "n_trials", "validation_fraction", "seed", "space",
-              "sampler", "report", "objective"}
+              "sampler", "report", "objective", "heartbeat_interval", "grace_period"}
 SAMPLERS = ("tpe", "grid")
 
 
@@ -172,26 +180,34 @@ class Sweep:
         if not isinstance(self.n_trials, int) or self.n_trials < 1:
             raise ConfigError(f"sweep.n_trials must be a positive integer, got {self.n_trials!r}")
         self.report = _report_hook(sw.get("report"))
+        self.heartbeat_interval, self.grace_period = (_seconds(sw, k, d) for k, d in
+                                                      (("heartbeat_interval", 60), ("grace_period", 180)))
         check_storage(self.storage)
+        self.lock = StudyLock(self.storage, self.name)
         self.check_data(load=False)
         self.memo: dict = {}  # shared decompositions: k α-trials cost about one fit
         self.on_unit = None  # hears each trial's and the best-on-test unit's outcome (run's on_unit)
 
     def study(self):
+        if self.storage.startswith("sqlite:///"):
+            Path(self.storage[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        with self.lock:  # workers started together on a fresh database: one creates the schema and study
+            return with_retry(self._open_study, f"sweep study {self.name}: creating")
+
+    def _open_study(self):
         import warnings
 
         import optuna
         from optuna.storages import RDBStorage
 
-        if self.storage.startswith("sqlite:///"):
-            Path(self.storage[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         # Heartbeats mark trials of a killed worker as failed, and the callback re-queues them.
         retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             kw = ({"heartbeat_stale_trial_callback": retry(max_retry=1)} if retry else
                   {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=1)})
-            storage = RDBStorage(self.storage, heartbeat_interval=60, grace_period=180, **kw)
+            storage = RDBStorage(self.storage, heartbeat_interval=self.heartbeat_interval,
+                                 grace_period=self.grace_period, **kw)
         sampler = (_resumable_grid_sampler(self.space, self.seed) if self.grid is not None
                    else optuna.samplers.TPESampler(seed=self.seed))
         study = optuna.create_study(study_name=self.name, storage=storage, load_if_exists=True,
@@ -257,14 +273,13 @@ class Sweep:
             optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.check_data()
         study = self.study()
-        done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-        if self.grid is not None:  # grid points without a complete trial, up to n_trials points in all
-            complete = [p for p in self.grid if any(t.params == p for t in done)]
-            remaining = max(0, min(self.n_trials, len(self.grid)) - len(complete))
-        else:
-            remaining = max(0, self.n_trials - len(done))
-        if remaining:
-            study.optimize(self.objective, n_trials=remaining, show_progress_bar=progress, catch=())
+        run_trials(self, study)  # until the study (all workers together) has n_trials
+        with self.lock:  # the first worker to get here scores the best on test; the others find its record
+            return self._best_on_test(study, on_unit)
+
+    def _best_on_test(self, study, on_unit) -> dict:
+        import optuna
+
         best = study.best_trial
         subject = self.subject or self.runner.subjects()[0]
         info = {"study": self.name, "storage": self.storage, "objective": self.objective_name or "main score",
@@ -285,6 +300,7 @@ class Sweep:
                                           extra={"sweep": info})
             status = "ran"
             self._drop_superseded(Path(record["_path"]), test_key)
+            study.set_user_attr("best_on_test", {"trial": best.number, "worker": WORKER})
         if on_unit is not None:
             on_unit(UnitOutcome(test_key, status, record, Path(record["_path"])))
         name = self.objective_name or record["main_score"]
@@ -338,6 +354,13 @@ def run_sweep(config, progress: bool = True, on_unit=None, resume_anyway: bool =
     if "sweep" not in runner.cfg:
         raise ConfigError("config has no 'sweep' section")
     return Sweep(runner, resume_anyway=resume_anyway).run(progress=progress, on_unit=on_unit)
+
+
+def _seconds(sw: dict, key: str, default: int) -> int:
+    value = sw.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"sweep.{key} must be a whole number of seconds ≥ 1, got {value!r}")
+    return value
 
 
 def _compatible(old: dict, new: dict) -> bool:

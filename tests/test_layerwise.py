@@ -226,7 +226,7 @@ def test_leaderboard_is_shaped_like_table_13_with_best_layers_and_heatmaps(lw_ru
     root = runner.cfg["results_dir"]
     df = build_tables(root)["layerwise_encoding"]
     assert df.attrs["layout"] == "layerwise"
-    assert df.attrs["value_columns"][:13] == ["all", "V1", "V2", "V3", "V4", "EBA", "FBA", "OFA", "FFA", "OPA",
+    assert df.attrs["value_columns"][:13] == ["all", "V1", "V2", "V3", "hV4", "EBA", "FBA", "OFA", "FFA", "OPA",
                                               "PPA", "OWFA", "VWFA"]
     paths = write_leaderboard(root, tmp_path / "lb")
     with open(paths["layerwise_encoding"]["csv"], newline="") as f:
@@ -235,7 +235,7 @@ def test_leaderboard_is_shaped_like_table_13_with_best_layers_and_heatmaps(lw_ru
     assert float(oracle["all"]) == pytest.approx(rec["scores"]["median_nc_r2"])
     cells = {row["roi"]: row for row in rec["tables"]["per_roi"]}
     assert float(oracle["FFA"]) == pytest.approx(cells["FFA"]["median_nc_r2"])
-    assert float(oracle["V4"]) == pytest.approx(cells["hV4"]["median_nc_r2"])
+    assert float(oracle["hV4"]) == pytest.approx(cells["hV4"]["median_nc_r2"])
     assert oracle["V1 layer"] == "mix.0" and oracle["FFA layer"] == "mix.4" and oracle["all layer"] == "mix.0"
     assert oracle["layer"] == "mix.0…mix.4 (5)" and rows[("pixels", "t")]["V1 layer"] == "pixels"
 

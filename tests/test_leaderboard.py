@@ -119,7 +119,7 @@ def test_tables_and_csv_values_equal_record_values(store, tmp_path):
     (clip,) = clip
     assert float(clip["all"]) == 31.25
     for i, roi in enumerate(ROIS):
-        assert float(clip["V4" if roi == "hV4" else roi]) == 10.0 + i
+        assert float(clip[roi]) == 10.0 + i
     assert clip["seed"] == "0" and clip["layer"] == "visual.blocks.11" and clip["readout"] == "avg"
 
     rrows = _csv(paths["retrieval"]["csv"])
@@ -205,19 +205,20 @@ def test_ranking_by_main_score_descending(store):
     assert list(r["experiment"]) == ["stage2", "stage1"] and list(r["rank"]) == [1, 2]
 
 
-def test_hv4_maps_to_v4_and_roi_order(store):
+def test_roi_columns_keep_the_datas_names_and_order(store):
     df = build_tables(store)["encoding"]
-    assert "hV4" not in df.columns and "V4" in df.columns
-    assert df[df["weights"] == "pretrained:openai"]["V4"].iloc[0] == 13.0
+    assert "V4" not in df.columns and "hV4" in df.columns  # the data says hV4: so does the column
+    assert df[df["weights"] == "pretrained:openai"]["hV4"].iloc[0] == 13.0
     vals = [c for c in df.attrs["value_columns"]]
-    assert vals[:13] == ["all", "V1", "V2", "V3", "V4", "EBA", "FBA", "OFA", "FFA", "OPA", "PPA", "OWFA", "VWFA"]
+    assert vals[:13] == ["all", "V1", "V2", "V3", "hV4", "EBA", "FBA", "OFA", "FFA", "OPA", "PPA", "OWFA", "VWFA"]
 
 
-def test_extra_rois_follow_and_plain_v4_accepted(tmp_path):
+def test_extra_rois_follow_and_a_plain_v4_keeps_its_name(tmp_path):
     s = ResultStore(tmp_path / "r")
     s.save(encoding_record("a", _weights("pretrained", "a"), 12.0, {"V1": 1.0, "V4": 2.0, "LO": 3.0, "nsdgeneral": 4.0}))
     df = build_tables(tmp_path / "r")["encoding"]
-    assert df["V4"].iloc[0] == 2.0 and df.attrs["value_columns"][-1] == "LO" and df["LO"].iloc[0] == 3.0
+    assert df["V4"].iloc[0] == 2.0 and df.attrs["value_columns"][-2:] == ["V4", "LO"] and df["LO"].iloc[0] == 3.0
+    assert math.isnan(df["hV4"].iloc[0])  # a data set that says V4 is not relabelled hV4
     assert "nsdgeneral" not in df  # the whole-brain mask is the "all" column
     assert math.isnan(df["FFA"].iloc[0])
 

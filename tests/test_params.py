@@ -102,7 +102,8 @@ def test_resolved_task_params_keep_their_keys_and_defaults():
     """task.p goes into every record: same keys, same default values as before the convention."""
     enc = registry.tasks.get("encoding")()
     assert enc.p == {"alphas": None, "alpha_min": 1e-2, "alpha_max": 1e7, "n_alphas": 10, "cv": "gcv", "pca": None,
-                     "standardize": True, "layer": None, "nc_threshold": 10.0, "rois": None}
+                     "standardize": True, "layer": None, "nc_threshold": 10.0, "rois": None,
+                     "n_boot": 1000}  # issue 17: bootstrap intervals (changes what a record holds, so its id)
     retr = registry.tasks.get("retrieval")()
     assert retr.p["alpha_min"] == 1.0 and retr.p["roi"] == "nsdgeneral" and retr.p["n_candidates"] == 300
     assert registry.tasks.get("encoding")(nc_threshold=10).p["nc_threshold"] == 10  # as written

@@ -75,6 +75,6 @@ def test_installed_plugin_runs_and_reaches_the_leaderboard(plugin_python, tmp_pa
     # the plugin backbone is ranked; the oracle declares itself a control: a reference row, never ranked
     assert [(r["backbone"], r["rank"], r["reference"]) for r in rows] == [("edges", "1", "False"),
                                                                          ("oracle", "", "True")]
-    assert {"all", "V1", "V4", "FFA"} <= set(rows[1])  # the plugin's own ROI columns (hV4 → V4)
+    assert {"all", "V1", "hV4", "FFA"} <= set(rows[1])  # the plugin's own ROI columns, the data's names
     assert float(rows[1]["all"]) == pytest.approx(rsa["oracle"]["scores"]["rsa_all"], abs=1e-3)
     assert (tmp_path / "board" / "encoding.csv").exists()

@@ -72,9 +72,9 @@ def test_table13_shows_seed003s_raw_roi_averaged_r2():
                                      {"roi": "hV4", "median_nc_r2": 33.0, "mean_r2": 0.034},
                                      {"roi": "nsdgeneral", "median_nc_r2": 40.0, "mean_r2": 0.05}]}}
     raw, _ = LAYERWISE_RAW_TABLE.columns.values(record)
-    assert raw == {"all": 0.052, "V1": 0.081, "V4": 0.034}  # the paper's quantity, not the normalised median
+    assert raw == {"all": 0.052, "V1": 0.081, "hV4": 0.034}  # the paper's quantity, not the normalised median
     normalised, _ = LAYERWISE_TABLE.columns.values(record)
-    assert normalised == {"all": 40.0, "V1": 61.0, "V4": 33.0}
+    assert normalised == {"all": 40.0, "V1": 61.0, "hV4": 33.0}
     (row,) = LAYERWISE_RAW_TABLE.rows(record)
     assert row.record["main_score"] == "mean_r2" and record["main_score"] == "median_nc_r2"
     assert "not seed 003's FactorTopy" in MODEL_NOTE and LAYERWISE_RAW_TABLE.notes([record]) == [MODEL_NOTE]

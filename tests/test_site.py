@@ -66,7 +66,17 @@ def test_leaderboard_json_has_the_tables_numbers_and_intervals(site):
     ret = [r for e in doc["entries"] for r in e["rows"] if r["table"] == "retrieval"]
     cis = [r["scores"]["brain→image"] for r in ret]  # retrieval has intervals: value inside its CI
     assert all(s["ci_low"] <= s["value"] <= s["ci_high"] for s in cis) and any(s["ci_low"] < s["ci_high"] for s in cis)
-    assert all(s["ci_low"] is None for r in rows_of(doc, "encoding") for s in r["scores"].values())
+    records = _records(results)
+    for e in doc["entries"]:  # encoding: the bootstrap intervals stored in each record, value inside
+        for r in (r for r in e["rows"] if r["table"] == "encoding"):
+            scores, per_roi = records[e["record"]]["scores"], records[e["record"]]["tables"]["per_roi"]
+            assert r["scores"]["all"]["ci_low"] == pytest.approx(scores["median_nc_r2_ci_low"])
+            hv4 = next(row for row in per_roi if row["roi"] == "hV4")
+            assert r["scores"]["hV4"]["ci_high"] == pytest.approx(hv4["median_nc_r2_ci_high"])
+            assert all(s["ci_low"] <= s["value"] <= s["ci_high"]
+                       for s in r["scores"].values() if s["ci_low"] is not None)
+            # the paired test vs the block's best: only ranked rows get a verdict
+            assert (r["tied_with_best"] is None) == (r["rank"] is None)
     chance = [lv for t in doc["tables"] if t["name"] == "retrieval" for lv in t["levels"]]
     assert chance and all(lv["value"] == pytest.approx(1 / 50) for lv in chance)
     new = doc["generated_by"]["newest_record"]

@@ -111,6 +111,10 @@ def cmd_sweep(args) -> int:
     from brainharness.sweeps.study import run_sweep
 
     cfg = load_config(_demo_config() if args.config == "demo" else args.config)
+    if args.status or args.workers != 1:
+        from brainharness.sweeps.launch import start_workers
+
+        return start_workers(cfg, args)
     summary = run_sweep(cfg, progress=not args.quiet, on_unit=None if args.json else print_outcome,
                         resume_anyway=args.resume_anyway)
     if args.json:
@@ -249,6 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print the summary as one JSON object instead of lines")
     s.add_argument("--resume-anyway", action="store_true",
                    help="the study's search space changed: keep its trials and sample the new space")
+    s.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="run N local worker processes on the study (n_trials counts for all of them)")
+    s.add_argument("--status", action="store_true", help="show the study's trials by state; run nothing")
     s.set_defaults(fn=cmd_sweep)
 
     s = add("leaderboard", help="tables from the results store")

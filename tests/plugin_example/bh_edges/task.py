@@ -25,8 +25,8 @@ class RSATask(Task):
               "max_images": Param(200, int, ge=3, doc="scored images used for the RDMs (the first ones)")}
     layout = Layout(Table(name="rsa", title="RSA: Spearman ρ of model and brain RDMs",
                           description="cells: per-ROI Spearman ρ between RDMs over the scored images",
-                          columns=RoiColumns(rois=("V1", "V2", "V3", "V4", "FFA", "PPA"),
-                                             aliases={"hv4": "V4"}, score="rsa_all", value="rsa",
+                          columns=RoiColumns(rois=("V1", "V2", "V3", "hV4", "FFA", "PPA"),
+                                             score="rsa_all", value="rsa",
                                              cell_kind="acc"),
                           plots=(Plot("bars"),)))
     example = {"backbone": {"name": "pixels", "size": 8}}  # for the shared task conformance suite
