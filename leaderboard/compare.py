@@ -12,6 +12,12 @@ best** when its adjusted p-value is at least :data:`ALPHA`. Rows without compara
 bootstrap in the record — e.g. records whose task keeps no per-image data —, another test
 set or seed) have no verdict (missing, never "tied"); reference and not-ranked rows are never
 compared.
+
+Records that keep per-test-item values instead (``tables["paired_items"]``: a task declares the
+score, test-image digest, seed and draw settings, and the sidecar array — e.g. top-1 hit rates)
+are compared when those settings match (the same candidate draws), on the main score, by a paired
+bootstrap over test items (:func:`~brainharness.metrics.bootstrap.paired_items_p`), then
+Holm-corrected like the rest.
 """
 from __future__ import annotations
 
@@ -22,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from brainharness.errors import HarnessError
-from brainharness.metrics.bootstrap import holm, paired_bootstrap_p
+from brainharness.metrics.bootstrap import holm, paired_bootstrap_p, paired_items_p
 from brainharness.results import ResultStore
 
 ALPHA = 0.05
@@ -32,22 +38,34 @@ VS_BEST = "vs best"
 """The display column (Markdown, LaTeX, site) of the verdict."""
 
 
+# table → (fields two records must share, the field giving the sidecar vector's length)
+_PAIRED = {"bootstrap": (("test_images", "seed", "n_boot"), "n_boot"),
+           "paired_items": (("test_images", "seed", "n_candidates", "n_trials"), "n_test_images")}
+
+
 def _draws(record: dict, score: str | None, store: ResultStore):
-    """``(pairing key, per-resample values)`` of the record's main score, or None."""
-    for entry in (record.get("tables") or {}).get("bootstrap") or []:
-        if not isinstance(entry, dict) or entry.get("score") != score:
-            continue
-        key = (entry.get("test_images"), entry.get("seed"), entry.get("n_boot"))
-        if None in key or not record.get("_path"):
-            return None
-        try:
-            values = store.per_voxel(Path(record["_path"])).get(str(entry.get("sidecar_key")))
-        except (HarnessError, OSError):  # a broken sidecar is reported by the store check
-            return None
-        if values is None or np.shape(values) != (entry["n_boot"],):
-            return None
-        return key, np.asarray(values, dtype=np.float64)
+    """``(pairing key, values)`` of the record's main score, or None: per-resample values
+    (table ``bootstrap``) or per-test-item hit rates (``paired_items``); the key starts with
+    the table, so the two kinds never pair."""
+    for table, (fields, length) in _PAIRED.items():
+        for entry in (record.get("tables") or {}).get(table) or []:
+            if not isinstance(entry, dict) or entry.get("score") != score:
+                continue
+            key = (table, *(entry.get(f) for f in fields))
+            if None in key or not record.get("_path"):
+                return None
+            try:
+                values = store.per_voxel(Path(record["_path"])).get(str(entry.get("sidecar_key")))
+            except (HarnessError, OSError):  # a broken sidecar is reported by the store check
+                return None
+            if values is None or np.shape(values) != (entry.get(length),):
+                return None
+            return key, np.asarray(values, dtype=np.float64)
     return None
+
+
+def _p(table: str, a: np.ndarray, b: np.ndarray) -> float:
+    return paired_bootstrap_p(a, b) if table == "bootstrap" else paired_items_p(a, b)
 
 
 def compare_to_best(df: pd.DataFrame, rows: list[dict], score: str | None, root: Path, alpha: float = ALPHA) -> None:
@@ -68,7 +86,7 @@ def compare_to_best(df: pd.DataFrame, rows: list[dict], score: str | None, root:
         for i in order[1:]:
             other = _draws(rows[i], score, store)
             if other is not None and other[0] == best[0]:
-                pairs.append((i, paired_bootstrap_p(best[1], other[1])))
+                pairs.append((i, _p(best[0][0], best[1], other[1])))
         if not pairs:
             continue
         df.at[order[0], TIED] = True

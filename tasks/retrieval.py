@@ -16,6 +16,7 @@ from brainharness.errors import DataError
 from brainharness.layout import MISSING, Intervals, Layout, Table, num
 from brainharness.features import flatten_rows
 from brainharness.metrics import top1_retrieval
+from brainharness.metrics.bootstrap import images_digest
 from brainharness.params import Param
 from brainharness.readout import RIDGE_PARAMS, RIDGE_SPACE, check_ridge, fit_ridge, voxel_source
 from brainharness.registry import register_task
@@ -125,13 +126,29 @@ class RetrievalTask(Task):
         n = min(self.p["n_candidates"], len(pred))
         if n < self.p["n_candidates"]:
             raise DataError(f"retrieval: {len(pred)} scored images, fewer than n_candidates={self.p['n_candidates']}")
-        kw = dict(n_candidates=n, n_trials=self.p["n_trials"], seed=self.p["seed"])
+        kw = dict(n_candidates=n, n_trials=self.p["n_trials"], seed=self.p["seed"], per_item=True)
         rows = [{"direction": "brain→image", **top1_retrieval(pred, target_score, **kw)},
                 {"direction": "image→brain", **top1_retrieval(target_score, pred, **kw)}]
+        per_voxel = {"best_alpha": model.best_alphas_.cpu().numpy()}
+        paired = [item_entry(r, ctx.score.stim_ids, per_voxel) for r in rows]
         scores = {r["direction"]: r["mean"] for r in rows}
         scores["n_voxels"] = int(mask.sum())
         scores["embedding_dim"] = int(target_fit.shape[1])
-        return TaskOutput(self.main_score, scores, {"retrieval": rows},
-                          {"best_alpha": model.best_alphas_.cpu().numpy()},
+        return TaskOutput(self.main_score, scores, {"retrieval": rows, ITEMS_TABLE: paired}, per_voxel,
                           {"timings": {"features_s": t1 - t0, "ridge_s": t2 - t1}})
+
+
+ITEMS_TABLE = "paired_items"
+"""Record table naming, per direction, the sidecar array of per-test-item hit rates and what two
+records must share to be compared item by item (the leaderboard's paired test vs the best row)."""
+
+
+def item_entry(row: dict, stim_ids, per_voxel: dict) -> dict:
+    """Move ``row``'s ``item_hits`` into ``per_voxel`` (key ``items_<from>_to_<to>``, ASCII) and
+    return its :data:`ITEMS_TABLE` row: direction, test-image digest, protocol, sidecar key."""
+    key = "items_" + row["direction"].replace("→", "_to_")
+    per_voxel[key] = row.pop("item_hits")
+    return {"score": row["direction"], "test_images": images_digest(stim_ids), "n_test_images": len(stim_ids),
+            "seed": row["seed"], "n_candidates": row["n_candidates"], "n_trials": row["n_trials"],
+            "sidecar_key": key}
 

@@ -106,3 +106,39 @@ def test_a_different_test_set_is_never_compared(tmp_path):
     _save(store, "bad", _pred(3.0, 2), ids=np.arange(N) + 1000)  # same size, other images
     df = build_tables(tmp_path / "r")["encoding"]
     assert df["tied_with_best"].isna().all() and df["p_vs_best"].isna().all()
+
+
+def _save_retrieval(store: ResultStore, name: str, noise: float, *, n_trials: int = 20):
+    """A retrieval record scored like the task scores it (real top-1 trials, per-item hit rates)."""
+    from test_leaderboard import retrieval_record
+    from brainharness.metrics import top1_retrieval
+    from brainharness.tasks.retrieval import ITEMS_TABLE, item_entry
+    images = np.random.default_rng(11).standard_normal((N, 32))
+    brain = images + noise * np.random.default_rng(12).standard_normal((N, 32))
+    kw = dict(n_candidates=100, n_trials=n_trials, seed=0, per_item=True)
+    rows = [{"direction": "brain→image", **top1_retrieval(brain, images, **kw)},
+            {"direction": "image→brain", **top1_retrieval(images, brain, **kw)}]
+    per_voxel: dict = {}
+    paired = [item_entry(r, np.arange(N), per_voxel) for r in rows]
+    record = retrieval_record(name, _weights("pretrained", name), {})
+    record.update(main_score="brain→image", scores={r["direction"]: r["mean"] for r in rows},
+                  tables={"retrieval": rows, ITEMS_TABLE: paired})
+    return store.save(record, per_voxel)
+
+
+def test_retrieval_rows_are_compared_with_the_best_over_test_items(tmp_path):
+    store = ResultStore(tmp_path / "r")
+    good = _save_retrieval(store, "good", 0.8)
+    _save_retrieval(store, "good-copy", 0.8)  # identical hits → tied
+    _save_retrieval(store, "bad", 3.0)  # clearly worse → not tied
+    _save_retrieval(store, "other-trials", 3.0, n_trials=21)  # other candidate sets: not comparable
+    hits = store.per_voxel(good)
+    assert {"items_brain_to_image", "items_image_to_brain"} <= set(hits)
+    assert hits["items_brain_to_image"].shape == (N,) and np.isfinite(hits["items_brain_to_image"]).sum() > N / 2
+    df = build_tables(tmp_path / "r")["retrieval"].set_index("backbone")
+    assert df.at["good", "rank"] == 1 and bool(df.at["good", "tied_with_best"])
+    assert df.at["good", "main_score"] > df.at["bad", "main_score"] + 0.2
+    assert df.at["bad", "p_vs_best"] == pytest.approx(2 * 2 / 2001)  # every resample favours good; Holm × 2
+    assert bool(df.at["good-copy", "tied_with_best"]) and df.at["good-copy", "p_vs_best"] == 1.0
+    assert not bool(df.at["bad", "tied_with_best"]) and df.at["bad", "p_vs_best"] < 0.05
+    assert df["tied_with_best"].isna()["other-trials"] and np.isnan(df.at["other-trials", "p_vs_best"])

@@ -10,7 +10,9 @@ noise-ceiling threshold of ``100·R²/NC``, or median R² without a ceiling). Th
 drew the same resample indices, so their per-resample summaries are paired:
 ``d_k = a_k − b_k`` is the bootstrap distribution of the difference, and the two-sided p-value
 is ``2·min(#(d ≤ 0)+1, #(d ≥ 0)+1)/(B+1)`` (capped at 1). Several rows against one best row
-are corrected with Holm's step-down method (:func:`holm`).
+are corrected with Holm's step-down method (:func:`holm`). Retrieval records keep per-item hit
+rates instead (same candidate sets when seed, candidates and trials match); they are compared by
+a paired bootstrap over those items (:func:`paired_items_p`).
 """
 from __future__ import annotations
 
@@ -99,6 +101,21 @@ def paired_bootstrap_p(a: np.ndarray, b: np.ndarray) -> float:
     if not d.size:
         raise DataError("paired bootstrap: no resample has both values")
     return float(min(1.0, 2 * min((d <= 0).sum() + 1, (d >= 0).sum() + 1) / (d.size + 1)))
+
+
+def paired_items_p(a: np.ndarray, b: np.ndarray, n_boot: int = 2000, seed: int = 0) -> float:
+    """Two-sided p-value of ``mean(a) = mean(b)`` for per-item scores of two models on the same
+    items (e.g. retrieval hit rates on the same trials): both means are recomputed on ``n_boot``
+    resamples of the items scored by both, and the paired draws go to :func:`paired_bootstrap_p`."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape or a.ndim != 1:
+        raise DataError(f"paired item scores must be two vectors of one length, got {a.shape} and {b.shape}")
+    both = np.isfinite(a) & np.isfinite(b)
+    a, b = a[both], b[both]
+    if not a.size:
+        raise DataError("paired items: no item has both scores")
+    idx = np.random.default_rng(seed).integers(0, a.size, size=(n_boot, a.size))
+    return paired_bootstrap_p(a[idx].mean(1), b[idx].mean(1))
 
 
 def holm(p_values) -> np.ndarray:
