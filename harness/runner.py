@@ -27,6 +27,7 @@ from .identity import (backbone_identity, dataset_identity, dataset_variant, res
 from .provenance import device_used, environment, precision_used
 from .results import ResultStore
 from .task import Task, TaskContext, selection_split, validation_noise_ceiling
+from .threads import torch_threads
 from .tracking import log_result
 
 log = logging.getLogger(__name__)
@@ -243,7 +244,8 @@ class Runner:
             **(extra or {}),
         }
         try:
-            out = task.run(ctx)
+            with torch_threads(task.p.get("num_threads")):  # a task's `num_threads` parameter, if it has one
+                out = task.run(ctx)
             record = {**base, "status": "complete", "main_score": out.main_score, "scores": out.scores,
                       "tables": out.tables, "details": out.extras.get("details", {}),
                       "features": features.info,

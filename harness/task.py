@@ -85,7 +85,8 @@ class Task(Configurable):
     # Every score name run() can report, when the task can list them (a sweep objective is then
     # checked before any trial: brainharness.preflight); None: only known once a unit has run.
     scores: ClassVar[tuple[str, ...] | None] = None
-    params: ClassVar[dict[str, Param]] = {}  # name → Param(default, type, range, doc)
+    params: ClassVar[dict[str, Param]] = {}  # name → Param(default, type, range, doc); a `num_threads`
+    # parameter, if declared, sets torch's CPU threads while the runner runs the task
     search_space: ClassVar[dict[str, dict]] = {}  # default sweep ranges (Optuna specs)
     layout: ClassVar[Layout] = DEFAULT_LAYOUT  # its leaderboard tables (brainharness.layout)
     # The smallest complete unit of this task, run by the shared task conformance suite on tiny

@@ -6,12 +6,14 @@ import contextlib
 
 @contextlib.contextmanager
 def torch_threads(n: int | None):
-    """Run with ``n`` torch CPU threads (``None``: leave as is), restored afterwards."""
+    """Run with ``n`` torch CPU threads (``None``: leave as is, torch not imported), restored afterwards."""
+    if not n:
+        yield
+        return
     import torch
 
     before = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(int(n))
+    torch.set_num_threads(int(n))
     try:
         yield
     finally:

@@ -73,7 +73,6 @@ from brainharness.task import (NC_THRESHOLD, Task, TaskContext, TaskOutput, sele
 from brainharness.tasks.aligned_stage2 import ValidationScorer, VoxelHead, finetune
 from brainharness.tasks.aligned_text import embed_texts, stimulus_texts
 from brainharness.tasks.encoding import ENCODING_TABLE
-from brainharness.threads import torch_threads
 
 SEED004_BLOCKS = (0, 2, 4, 6, 8, 10)
 SEED004_FROZEN = ("cls_token", "pos_embed", "patch_embed*", "blocks*norm*", "blocks*mlp*")  # Table 2
@@ -157,10 +156,6 @@ class AlignedEncodingTask(Task):
 
     # -- running ----------------------------------------------------------------------
     def run(self, ctx: TaskContext) -> TaskOutput:
-        with torch_threads(self.p["num_threads"]):
-            return self._run(ctx)
-
-    def _run(self, ctx: TaskContext) -> TaskOutput:
         p = self.p
         backbone = ctx.backbone  # declared: FINE_TUNABLE (torch_model, n_blocks, block_readouts, pixels)
         blocks = sorted({b for b in p["blocks"] if b < backbone.n_blocks})

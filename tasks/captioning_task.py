@@ -33,7 +33,6 @@ from brainharness.params import Param
 from brainharness.readout import fit_ridge, voxel_source
 from brainharness.registry import register_task
 from brainharness.task import TaskContext, TaskOutput, standardise
-from brainharness.threads import torch_threads
 from brainharness.tasks import captioning as cap
 from brainharness.tasks.decoding_layout import DECODING_LAYOUT
 from brainharness.tasks.retrieval import RetrievalTask
@@ -131,10 +130,6 @@ class CaptioningTask(RetrievalTask):
     }
 
     def run(self, ctx: TaskContext) -> TaskOutput:
-        with torch_threads(self.p["num_threads"]):
-            return self._run(ctx)
-
-    def _run(self, ctx: TaskContext) -> TaskOutput:
         from brainharness.ridge import resolve_device
 
         p, t = self.p, {}

@@ -67,16 +67,16 @@ import numpy as np
 from brainharness import registry
 from brainharness.capabilities import (CAPTIONS, IMAGE_FEATURES, IMAGE_TEXT_RETRIEVAL, QUERY_CAPTIONER, QUERY_TOKENS,
                                        ROI_MASKS, Need)
-from brainharness.errors import ConfigError, DataError
+from brainharness.errors import DataError
 from brainharness.features import flatten_rows
 from brainharness.metrics import paired_difference, top1_per_trial, top1_retrieval
 from brainharness.readout import RIDGE_SPACE, fit_ridge, voxel_source
 from brainharness.registry import register_task
 from brainharness.params import Param
 from brainharness.task import TaskContext, TaskOutput, selection_split, standardise, validation_fraction
-from brainharness.threads import torch_threads
 from brainharness.tasks import captioning as cap
-from brainharness.tasks.captioning_task import TINY_CAPTIONER  # the conformance example's captioner
+from brainharness.tasks.captioning_task import (  # TINY_CAPTIONER: the conformance example's captioner
+    TINY_CAPTIONER, gen_kwargs, metric_device, query_r2, query_shape)
 from brainharness.tasks.contrastive import (
     STAGE2_PARAMS,
     STAGE2_SPACE,
@@ -156,10 +156,6 @@ class DecodingTask(RetrievalTask):
             registry.backbones.get(rb["name"])  # raises with "did you mean"
 
     # -- running ----------------------------------------------------------------------
-    def run(self, ctx: TaskContext) -> TaskOutput:
-        with torch_threads(self.p["num_threads"]):
-            return self._run(ctx)
-
     def retrieval_model(self, ctx: TaskContext):
         spec = self.p["retrieval_backbone"]
         if spec is None:
@@ -172,7 +168,7 @@ class DecodingTask(RetrievalTask):
             ctx.memo[key] = registry.backbones.get(spec["name"])(**params)
         return ctx.memo[key]
 
-    def _run(self, ctx: TaskContext) -> TaskOutput:
+    def run(self, ctx: TaskContext) -> TaskOutput:
         from brainharness.ridge import resolve_device
 
         p, t = self.p, {}
@@ -181,7 +177,7 @@ class DecodingTask(RetrievalTask):
         gen = ctx.backbone
         Y_fit = flatten_rows(ctx.features(ctx.fit.stim_ids, p["layer"]))
         Y_score = flatten_rows(ctx.features(ctx.score.stim_ids, p["layer"]))
-        shape = _query_shape(gen, Y_fit.shape[1])
+        shape = query_shape(gen, Y_fit.shape[1], "decoding")
         mask = self.voxels(ctx)
         B_fit, B_score = standardise(ctx.fit.averaged[:, mask], ctx.score.averaged[:, mask])
         t["features_s"] = time.perf_counter() - t0
@@ -213,10 +209,10 @@ class DecodingTask(RetrievalTask):
             P2, S2 = brain_outputs(stage2.model, B_score, device)
 
         scores: dict = {"n_voxels": int(mask.sum()), "embedding_dim": int(Y_fit.shape[1]),
-                        "stage1 query_r2": _r2(P1, Y_score)}
+                        "stage1 query_r2": query_r2(P1, Y_score)}
         if stage2 is not None:
             scores["best_epoch"] = stage2.best_epoch
-            scores["stage2 query_r2"] = _r2(P2, Y_score)
+            scores["stage2 query_r2"] = query_r2(P2, Y_score)
         if p["retrieval"]:
             t0 = time.perf_counter()
             rows = self._retrieval(ctx, retr, shape, P1, P2, S2, Y_score, stage2, device)
@@ -317,15 +313,12 @@ class DecodingTask(RetrievalTask):
         return rows
 
     # -- captioning -------------------------------------------------------------------
-    def _gen_kwargs(self) -> dict:
-        return {"max_new_tokens": self.p["max_new_tokens"], "num_beams": self.p["num_beams"], "do_sample": False}
-
     def _captioning(self, ctx, gen, P1, P2, Y_fit, Y_score, fit_caps, val, B_fit, ridge_p, device):
         p = self.p
         refs = [list(ctx.stimuli.captions.get(int(i), [])) for i in ctx.score.stim_ids]
         if any(not r for r in refs):
             raise DataError("decoding: every scored image needs reference captions for the captioning part")
-        kw = self._gen_kwargs()
+        kw = gen_kwargs(self.p)
         prompt, prompt_rows = p["prompt"], []
         if isinstance(prompt, list):
             if len(prompt) == 1:
@@ -333,7 +326,7 @@ class DecodingTask(RetrievalTask):
             else:
                 rows_va, q_va = self._validation_predictions(ctx, val, B_fit, ridge_p, Y_fit, device)
                 prompt, prompt_rows = cap.select_prompt(p["prompt"], gen, q_va, [fit_caps[r] for r in rows_va], kw,
-                                                        p["select_metric"], _metric_device(device), ctx.cache_dir)
+                                                        p["select_metric"], metric_device(device), ctx.cache_dir)
         best = P2 if P2 is not None else P1
         systems = {}
         if P2 is not None:
@@ -344,7 +337,7 @@ class DecodingTask(RetrievalTask):
         systems["true image"] = cap.generate(gen, Y_score, prompt, kw)
         main_system = "brain (stage 2)" if P2 is not None else "brain (stage 1)"
         rows, per_image, scores, info, _ = cap.score_systems(systems, main_system, refs, p["seed"], p["caption_metrics"],
-                                                             _metric_device(device), ctx.cache_dir, stage1_prefix=True)
+                                                             metric_device(device), ctx.cache_dir, stage1_prefix=True)
         per_image["caption_stim_ids"] = np.asarray(ctx.score.stim_ids)
         per_image["nearest_neighbour_train_ids"] = np.asarray(ctx.fit.stim_ids)[nn_rows]
         scores["_caption_info"] = info
@@ -388,19 +381,10 @@ class DecodingTask(RetrievalTask):
         for stage, (coef, icpt) in models.items():
             q = np.stack([cap.roi_queries(coef, icpt, x, shape, p["roi_scale"]) for x in inputs]) if inputs else \
                 np.zeros((0, *shape), np.float32)
-            caps = cap.generate(gen, q, prompt, self._gen_kwargs())
+            caps = cap.generate(gen, q, prompt, gen_kwargs(self.p))
             rows += [{"roi": n, "stage": stage, "caption": c, "n_voxels": int(x.sum()), "scale": float(p["roi_scale"])}
                      for n, c, x in zip(names, caps, inputs)]
         return rows, skipped
-
-
-def _query_shape(backbone, width: int) -> tuple[int, int]:
-    """(query tokens, width) of the flattened features: the backbone's layer must hold its query outputs."""
-    n_q = backbone.num_query_tokens  # declared: QUERY_TOKENS
-    if width % n_q:
-        raise ConfigError(f"decoding: the layer of backbone {backbone.registry_name} has {width} features, not "
-                          f"{n_q} query outputs (use layer: qformer)")
-    return n_q, width // n_q
 
 
 def _retrieval_texts(stimuli, stim_ids, p: dict) -> tuple[list[str], np.ndarray]:
@@ -435,14 +419,3 @@ def _caption(stimuli, stim_id, index: int) -> str:
     if not caps:
         raise DataError(f"decoding: stimulus {stim_id} has no caption for text retrieval")
     return caps[min(index, len(caps) - 1)]
-
-
-def _r2(pred: np.ndarray, actual: np.ndarray) -> float:
-    """1 − SSE/SST over every query-output dimension of the scored rows (how much of the
-    embedding's variance across images the brain model predicts)."""
-    sst = float(((actual - actual.mean(0)) ** 2).sum())
-    return 1.0 - float(((actual - pred) ** 2).sum()) / sst if sst > 0 else float("nan")
-
-
-def _metric_device(device: str) -> str | None:
-    return device if device.startswith("cuda") else "cpu"

@@ -44,7 +44,6 @@ from brainharness.errors import ConfigError, DataError
 from brainharness.params import Param
 from brainharness.registry import register_task
 from brainharness.task import TaskContext, TaskOutput
-from brainharness.threads import torch_threads
 from brainharness.tasks import captioning as cap
 from brainharness.tasks import neurons_core as nc
 from brainharness.tasks.captioning_task import TINY_CAPTIONER, CaptioningTask, metric_device, stage1_queries
@@ -88,10 +87,6 @@ class NeuronsTask(RetrievalTask):
     }
 
     def run(self, ctx: TaskContext) -> TaskOutput:
-        with torch_threads(self.p["num_threads"]):
-            return self._run(ctx)
-
-    def _run(self, ctx: TaskContext) -> TaskOutput:
         from brainharness.ridge import resolve_device
 
         p, t = self.p, {}

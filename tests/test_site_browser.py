@@ -16,6 +16,7 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 
+from conftest import require_installable
 from site_fixtures import demo_like_site
 
 pytestmark = pytest.mark.browser
@@ -27,26 +28,18 @@ def _tools() -> tuple[str | None, str | None]:
     return shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
 
 
-def _need(what: str):
-    """Fail in CI or as root (the browser can be installed there), else skip with one line."""
-    if os.environ.get("CI") or os.geteuid() == 0:
-        pytest.fail(f"{what} (run scripts/system-deps.sh)")
-    pytest.skip(f"{what}: not root and not CI, cannot install it")
-
-
 @pytest.fixture(scope="module")
 def driver():
     try:
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service
     except ImportError:
-        _need("selenium is not installed (pip install -e '.[test]')")
+        require_installable("selenium", False, "pip install -e '.[test]'")
     browser, chromedriver = _tools()
     if not (browser and chromedriver) and os.geteuid() == 0:
         subprocess.run(["bash", str(REPO / "scripts" / "system-deps.sh")], check=False)
         browser, chromedriver = _tools()
-    if not (browser and chromedriver):
-        _need("chromium / chromium-driver is not installed")
+    require_installable("chromium / chromium-driver", bool(browser and chromedriver), "scripts/system-deps.sh")
     options = webdriver.ChromeOptions()
     options.binary_location = browser
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
