@@ -14,6 +14,7 @@ Schema (every key but ``dataset``, ``backbones`` and ``tasks`` has a default)::
     tasks: [{name: encoding, ...}]    # plugin name + parameters
     tracking: {wandb: {mode: offline, project: brainharness, entity: null}}
     sweep: {...}                      # only for `brainharness sweep` (see brainharness.sweeps.study)
+    slurm: {partition: gpu, gpus: 1, time_min: 60, ...}  # only with --launcher slurm (brainharness.slurm)
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from .errors import ConfigError, DataError
 from .results import POLICIES
 
 TOP_LEVEL = {"experiment", "seed", "device", "results_dir", "cache_dir", "policy", "dataset", "subjects",
-             "backbones", "tasks", "tracking", "sweep", "description"}
+             "backbones", "tasks", "tracking", "sweep", "description", "slurm"}
 WANDB_MODES = ("offline", "online", "disabled")
 
 
@@ -122,4 +123,12 @@ def resolve(raw: dict, base: Path | None = None) -> dict:
     cfg["tracking"] = {"wandb": wandb}
     if "sweep" in raw:
         cfg["sweep"] = dict(raw["sweep"] or {})
+    if raw.get("slurm") is not None:
+        from .params import resolve_params
+        from .slurm import OPTIONS
+
+        if not isinstance(raw["slurm"], dict):
+            raise ConfigError(f"'slurm' must be a mapping of options, got {raw['slurm']!r}")
+        cfg["slurm"] = {k: v for k, v in raw["slurm"].items()}
+        resolve_params("slurm", OPTIONS, cfg["slurm"])  # checked now, applied with --launcher slurm
     return cfg

@@ -51,8 +51,9 @@ POLICIES = ("skip-existing", "overwrite", "only-missing")
 ``only-missing`` keep a complete record and re-run a unit whose record is absent, failed or
 broken (does not validate, or its sidecar is missing or corrupt)."""
 
-NOT_RECORDS = ("wandb",)
-"""Folders directly under the store root that hold other tools' files (W&B's offline runs)."""
+NOT_RECORDS = ("wandb", ".slurm")
+"""Folders directly under the store root that hold other tools' files (W&B's offline runs,
+submitit's job files: :mod:`brainharness.slurm`)."""
 FAILED_SUFFIX = ".failed.json"
 
 

@@ -26,6 +26,7 @@ from .identity import (backbone_identity, dataset_identity, dataset_variant, res
                        task_identity, weights_label)
 from .provenance import device_used, environment, precision_used
 from .results import ResultStore
+from .slurm import in_job
 from .task import Task, TaskContext, selection_split, validation_noise_ceiling
 from .threads import torch_threads
 from .tracking import log_result
@@ -172,16 +173,22 @@ class Runner:
         :class:`UnitOutcome` as it ends, and ``self.outcomes`` keeps them (failures with their line)."""
         from tqdm.auto import tqdm
 
-        units = [(s, b, t) for s in self.subjects() for b in self.cfg["backbones"] for t in self.cfg["tasks"]]
         self.outcomes = []
+        units = self.units()
+        for subject, bspec, tspec in units:  # parameters against the data and models: one line, before any unit
+            self.task(tspec).check_data(self.dataset.subject(subject), self.backbone(bspec))
         for subject, bspec, tspec in tqdm(units, desc=self.cfg["experiment"], disable=not self.progress):
-            outcome = self._run_one(subject, bspec, tspec)
+            outcome = self.run_one(subject, bspec, tspec)
             self.outcomes.append(outcome)
             if on_unit is not None:
                 on_unit(outcome)
         return [o.record for o in self.outcomes if o.record is not None]
 
-    def _run_one(self, subject: str, bspec: dict, tspec: dict) -> UnitOutcome:
+    def units(self) -> list[tuple[str, dict, dict]]:
+        """Every ``(subject, backbone spec, task spec)`` of the config, in run order."""
+        return [(s, b, t) for s in self.subjects() for b in self.cfg["backbones"] for t in self.cfg["tasks"]]
+
+    def run_one(self, subject: str, bspec: dict, tspec: dict) -> UnitOutcome:
         key = self.key(subject, bspec, tspec)
         path = self.store.path_for(key)
         if not self.store.should_run(key, self.cfg["policy"]):
@@ -240,7 +247,7 @@ class Runner:
             # the device and precision actually used ("auto" resolved); the config keeps the request
             "provenance": {"seed": seed, "config": self.cfg, **environment(device_used(self.cfg["device"])),
                            "device_requested": self.cfg["device"], "backbone_device": device_used(backbone.device),
-                           "precision": precision_used(backbone)},
+                           "precision": precision_used(backbone), **({"job": job} if (job := in_job()) else {})},
             **(extra or {}),
         }
         try:

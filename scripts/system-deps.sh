@@ -49,6 +49,19 @@ if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
 fi
 # ---- end postgres --------------------------------------------------------------------------------
 
+# ---- slurm (cluster launcher test) ---------------------------------------------------------------
+# Debian's slurm-wlm, slurmdbd, munge and mariadb-server: tests/test_slurm.py (pytest marker `slurm`)
+# starts a private single-node cluster with accounting in a temporary folder (tests/conftest_slurm.py).
+# Not needed to run the harness: `--launcher slurm` uses the cluster's own commands (sbatch, sacct)
+# and `pip install "brainharness[slurm]"` (submitit).
+for p in slurmctld slurmd slurmdbd munged mariadbd; do
+    if ! command -v "$p" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$p" ]; then
+        missing+=(slurm-wlm slurmdbd munge mariadb-server)
+        break
+    fi
+done
+# ---- end slurm -----------------------------------------------------------------------------------
+
 if [ ${#missing[@]} -eq 0 ]; then
     echo "system-deps: all present (${PACKAGES[*]}, java)"
     exit 0

@@ -31,6 +31,8 @@ from brainharness.capabilities import describe_provides
 from brainharness.errors import HarnessError
 from brainharness.params import param_lines
 
+from .launch import add_options as add_launcher_options
+from .launch import cmd_status
 from .results import add_parser as add_results_parser
 from .terminal import counts_line, leaderboard_command, print_outcome, sweep_line, where_lines
 
@@ -80,6 +82,10 @@ def cmd_run(args) -> int:
     cfg = load_config(args.config)
     if args.policy:
         cfg["policy"] = args.policy
+    if args.launcher == "slurm":
+        from .launch import run_on_slurm
+
+        return run_on_slurm(cfg, args)
     runner = Runner(cfg, progress=not args.quiet)
     runner.run(on_unit=print_outcome)  # each unit's line as it ends
     print(counts_line(runner.outcomes))
@@ -111,7 +117,7 @@ def cmd_sweep(args) -> int:
     from brainharness.sweeps.study import run_sweep
 
     cfg = load_config(_demo_config() if args.config == "demo" else args.config)
-    if args.status or args.workers != 1:
+    if args.status or args.workers != 1 or args.launcher == "slurm":
         from brainharness.sweeps.launch import start_workers
 
         return start_workers(cfg, args)
@@ -242,7 +248,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = add("run", help="run every (subject, backbone, task) of a config")
     s.add_argument("config")
     s.add_argument("--policy", choices=["skip-existing", "overwrite", "only-missing"])
+    add_launcher_options(s, "units")
     s.set_defaults(fn=cmd_run)
+
+    s = add("status", help="each unit of a config: done, pending, running (job id), failed or missing")
+    s.add_argument("config")
+    s.set_defaults(fn=cmd_status)
 
     s = add("demo", help="run the embedded demo on synthetic data and print the leaderboard")
     s.add_argument("--out", default="leaderboard_out", help="where to write the leaderboard files")
@@ -256,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=1, metavar="N",
                    help="run N local worker processes on the study (n_trials counts for all of them)")
     s.add_argument("--status", action="store_true", help="show the study's trials by state; run nothing")
+    add_launcher_options(s, "workers")
     s.set_defaults(fn=cmd_sweep)
 
     s = add("leaderboard", help="tables from the results store")
