@@ -174,9 +174,7 @@ class Runner:
         from tqdm.auto import tqdm
 
         self.outcomes = []
-        units = self.units()
-        for subject, bspec, tspec in units:  # parameters against the data and models: one line, before any unit
-            self.task(tspec).check_data(self.dataset.subject(subject), self.backbone(bspec))
+        units = self.check_units(self.units())
         for subject, bspec, tspec in tqdm(units, desc=self.cfg["experiment"], disable=not self.progress):
             outcome = self.run_one(subject, bspec, tspec)
             self.outcomes.append(outcome)
@@ -187,6 +185,13 @@ class Runner:
     def units(self) -> list[tuple[str, dict, dict]]:
         """Every ``(subject, backbone spec, task spec)`` of the config, in run order."""
         return [(s, b, t) for s in self.subjects() for b in self.cfg["backbones"] for t in self.cfg["tasks"]]
+
+    def check_units(self, units: list[tuple[str, dict, dict]]) -> list[tuple[str, dict, dict]]:
+        """Each unit's task parameters against its data and model (``Task.check_data``): one line
+        before any unit runs (locally, or before a job is submitted); returns ``units``."""
+        for subject, bspec, tspec in units:
+            self.task(tspec).check_data(self.dataset.subject(subject), self.backbone(bspec))
+        return units
 
     def run_one(self, subject: str, bspec: dict, tspec: dict) -> UnitOutcome:
         key = self.key(subject, bspec, tspec)

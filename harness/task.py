@@ -106,6 +106,11 @@ class Task(Configurable):
     def describe(cls) -> dict:
         return {"direction": cls.direction, "needs": describe_needs(cls.needs), "main_score": cls.main_score}
 
+    def check_data(self, subject, backbone) -> None:
+        """Parameters against a unit's data (its :class:`~brainharness.data.Subject`) and its
+        backbone, checked by :meth:`Runner.run` for every unit before any unit runs: raise
+        ConfigError/DataError (one line, exit 2). Nothing heavy: no features, no fitting."""
+
     def run(self, ctx: TaskContext) -> TaskOutput:
         raise NotImplementedError
 

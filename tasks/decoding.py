@@ -58,13 +58,11 @@ SSE/SST of the predicted query outputs over the scored rows), ``best_epoch``; ``
 """
 from __future__ import annotations
 
-import json
 import time
 from typing import ClassVar
 
 import numpy as np
 
-from brainharness import registry
 from brainharness.capabilities import (CAPTIONS, IMAGE_FEATURES, IMAGE_TEXT_RETRIEVAL, QUERY_CAPTIONER, QUERY_TOKENS,
                                        ROI_MASKS, Need)
 from brainharness.errors import DataError
@@ -73,25 +71,21 @@ from brainharness.metrics import paired_difference, top1_per_trial, top1_retriev
 from brainharness.readout import RIDGE_SPACE, fit_ridge, voxel_source
 from brainharness.registry import register_task
 from brainharness.params import Param
-from brainharness.task import TaskContext, TaskOutput, selection_split, standardise, validation_fraction
+from brainharness.task import TaskContext, TaskOutput, selection_split, standardise
 from brainharness.tasks import captioning as cap
 from brainharness.tasks.captioning_task import (  # TINY_CAPTIONER: the conformance example's captioner
-    TINY_CAPTIONER, gen_kwargs, metric_device, query_r2, query_shape)
+    STAGE2_TASK_PARAMS, TINY_CAPTIONER, TINY_RETRIEVAL, check_stage2_task, fit_stage2, gen_kwargs, metric_device,
+    query_r2, query_shape, retrieval_model)
 from brainharness.tasks.contrastive import (
-    STAGE2_PARAMS,
     STAGE2_SPACE,
-    Paired,
     brain_outputs,
-    check_stage2,
     encode_texts,
     projected_images,
     query_text_similarity,
-    train_stage2,
 )
 from brainharness.tasks.decoding_layout import DECODING_LAYOUT
 from brainharness.tasks.retrieval import RetrievalTask
 
-RETRIEVAL_SPEC = {"name": "blip2", "model": "Salesforce/blip2-itm-vit-g", "weights": "pretrained"}
 GENERATE = ("max_new_tokens", "num_beams")
 
 
@@ -109,7 +103,7 @@ class DecodingTask(RetrievalTask):
     main_score = "meteor"
     layout = DECODING_LAYOUT  # Tables 1–3 of seed 000 (brainharness.tasks.decoding_layout)
     example = {"backbone": {"name": "blip2-synthetic", **TINY_CAPTIONER},
-               "retrieval_backbone": {"name": "blip2-synthetic", "variant": "retrieval", **TINY_CAPTIONER},
+               "retrieval_backbone": TINY_RETRIEVAL,
                "n_candidates": 50, "n_trials": 2, "text_trials": 2, "max_epochs": 1, "patience": 1,
                "caption_metrics": ["rouge1"], "max_new_tokens": 6, "num_threads": 1, "examples": 1}
     params: ClassVar[dict] = {
@@ -125,12 +119,7 @@ class DecodingTask(RetrievalTask):
         "captioning": Param(True, doc="score Table 2 captions"),
         "roi_captions": Param(True, (bool, list, dict), nullable=True,
                               doc="Table 3 ROI-synthetic captions: true (default groups), ROI names or {row: ROIs}"),
-        "retrieval_backbone": Param(RETRIEVAL_SPEC, dict, nullable=True, check=lambda v: isinstance(v.get("name"), str),
-                                    expect="null or a backbone spec {name: ..., ...}",
-                                    doc="image-text model of stage 2 and T↔B retrieval"),
-        "validation_fraction": validation_fraction(0.2),
-        "refit": Param(True, doc="retrain stage 2 on every fit row for the selected number of epochs"),
-        **STAGE2_PARAMS,
+        **STAGE2_TASK_PARAMS,  # retrieval_backbone, validation_fraction, refit, eq. 1's parameters
         "prompt": Param(None, (str, list), items=Param(type=str, nullable=True),
                         check=lambda v: not isinstance(v, (list, tuple)) or len(v) > 0,
                         expect="null, a string or a non-empty list of them",
@@ -150,23 +139,11 @@ class DecodingTask(RetrievalTask):
 
     def check(self, p):
         super().check(p)
-        check_stage2(self.owner(), p)
-        rb = p["retrieval_backbone"]
-        if rb is not None and rb["name"] not in registry.backbones:
-            registry.backbones.get(rb["name"])  # raises with "did you mean"
+        check_stage2_task(self.owner(), p)
 
     # -- running ----------------------------------------------------------------------
     def retrieval_model(self, ctx: TaskContext):
-        spec = self.p["retrieval_backbone"]
-        if spec is None:
-            return ctx.backbone
-        key = ("decoding-retrieval-backbone", json.dumps(spec, sort_keys=True, default=str), str(ctx.device))
-        if key not in ctx.memo:  # one instance per run (and per sweep)
-            params = {k: v for k, v in spec.items() if k not in ("name", "label")}
-            params.setdefault("device", ctx.device)
-            params.setdefault("cache_dir", ctx.cache_dir)
-            ctx.memo[key] = registry.backbones.get(spec["name"])(**params)
-        return ctx.memo[key]
+        return retrieval_model(self.p["retrieval_backbone"], ctx)  # one instance per run (and per sweep)
 
     def run(self, ctx: TaskContext) -> TaskOutput:
         from brainharness.ridge import resolve_device
@@ -199,7 +176,7 @@ class DecodingTask(RetrievalTask):
         tables: dict = {}
         if p["stage2"]:
             t0 = time.perf_counter()
-            stage2, val, history = self._stage2(ctx, retr, B_fit, Y_fit, fit_caps, ridge_p,
+            stage2, val, history = fit_stage2(p, ctx, retr, B_fit, Y_fit, fit_caps, ridge_p,
                                                 (coef1, icpt1, ridge1.best_alphas_.cpu().numpy()), shape, device)
             tables["stage2_history"] = history
             details["best_epoch"] = stage2.best_epoch
@@ -248,29 +225,6 @@ class DecodingTask(RetrievalTask):
                          if scores.get(k) is not None), "n_voxels")
         details["caption_metric_info"] = scores.pop("_caption_info", None)
         return TaskOutput(main, scores, tables, per_image, {"timings": t, "details": details})
-
-    # -- stage 2 ----------------------------------------------------------------------
-    def _stage2(self, ctx, retr, B_fit, Y_fit, fit_caps, ridge_p, init, shape, device):
-        p = self.p
-        tr, va = selection_split(ctx.fit, float(p["validation_fraction"]), ctx.seed)
-        rows_tr = np.flatnonzero(np.isin(ctx.fit.stim_ids, tr.stim_ids))
-        rows_va = np.flatnonzero(np.isin(ctx.fit.stim_ids, va.stim_ids))
-        ridge_tr, _ = fit_ridge(ridge_p, ctx, B_fit[rows_tr], Y_fit[rows_tr], B_fit[rows_va],
-                                voxel_source(ctx, p["roi"]), ctx.fit.stim_ids[rows_tr])
-        part = lambda rows: Paired(B_fit[rows], Y_fit[rows], [fit_caps[r] for r in rows])
-        selected = train_stage2(ridge_tr.coef_.cpu().numpy(), ridge_tr.intercept_.cpu().numpy(), shape, retr,
-                                retr.tokenizer, part(rows_tr), p, val=part(rows_va), seed=ctx.seed, device=device,
-                                progress=ctx.progress, alphas=ridge_tr.best_alphas_.cpu().numpy())
-        history = [{"run": "selection", **h} for h in selected.history]
-        final = selected
-        if p["refit"]:
-            coef, icpt, alphas = init
-            final = train_stage2(coef, icpt, shape, retr, retr.tokenizer, part(np.arange(len(B_fit))), p,
-                                 epochs=selected.best_epoch, seed=ctx.seed, device=device, progress=ctx.progress,
-                                 alphas=alphas)
-            final.best_epoch = selected.best_epoch
-            history += [{"run": "refit", **h} for h in final.history]
-        return final, (rows_va, selected, ridge_tr), history
 
     # -- retrieval --------------------------------------------------------------------
     def _retrieval(self, ctx, retr, shape, P1, P2, S2, Y_score, stage2, device) -> list[dict]:

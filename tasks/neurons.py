@@ -3,9 +3,12 @@
 The prefix is BLIP-2's: query outputs → ``language_projection`` → the language model, then the
 prompt (BOS by default). Two prefixes per analysed test image: the **image** prefix (the true
 query outputs) and the **brain** prefix (stage 1's prediction of them,
-:func:`brainharness.tasks.captioning_task.stage1_queries`: ridge fitted on the training split; no
-selection reads the test split). For each, on the token ``c`` the language model predicts first
-after the prefix (:mod:`brainharness.tasks.neurons_core`):
+:func:`brainharness.tasks.captioning_task.stage1_queries`: ridge fitted on the training split) and,
+with ``stage2: true``, the **brain (stage 2)** prefix (seed 000's contrastive stage 2,
+:func:`brainharness.tasks.captioning_task.stage2_queries` with the ``retrieval_backbone`` and eq. 1's
+parameters, as ``decoding`` runs it: its epoch selected on a validation part of the training
+split, ``stage2_batch_size`` its batch). No selection reads the test split. For each, on the
+token ``c`` the language model predicts first after the prefix (:mod:`brainharness.tasks.neurons_core`):
 
 1. attribution ``g = Z·∂y^c/∂Z`` of every MLP unit of ``lm_layers``, summed over the input
    positions (``positions: input``: the visual prefix and the prompt — in LiMBeR the last image
@@ -16,10 +19,11 @@ after the prefix (:mod:`brainharness.tasks.neurons_core`):
 3. ablation curves: ``p(c)`` after zeroing the top-k units by g (at those positions) over
    ``p(c)`` before, for each k of ``k_grid``, against k random units of the same layers
    (``random_draws`` draws), for all chosen layers together and (``per_layer``) each on its own;
-4. brain against image: overlap of the top-``overlap_k`` sets, Spearman correlation of g, the
-   share of images whose c agrees — with the shuffled-brain pairing (another image's brain
-   prefix) as baseline —, and the curve of the brain prefix's p(c) when the *image's* top units
-   are zeroed (``units: image's top units``) beside its own top units and random ones;
+4. brain against image (each brain prefix): overlap of the top-``overlap_k`` sets, Spearman
+   correlation of g, the share of images whose c agrees — with the shuffled-brain pairing
+   (another image's prefix from the same brain model) as baseline —, and the curve of the
+   brain prefix's p(c) when the *image's* top units are zeroed (``units: image's top units``)
+   beside its own top units and random ones;
 5. semantics: each image's top ``semantic_units`` units' decoded tokens (a comma-joined list)
    against the image's captions with the sentence model of the caption metrics
    (cosine to the captions' mean embedding), max over units, mean over images — and the same
@@ -29,7 +33,8 @@ after the prefix (:mod:`brainharness.tasks.neurons_core`):
 Record: ``scores`` — ``overlap`` (main: brain vs image, all layers, k = ``overlap_k``),
 ``overlap_shuffled``, ``rank_corr``, ``rank_corr_shuffled``, ``token_agreement``,
 ``drop_image`` / ``drop_brain`` / ``drop_random_image`` / ``drop_random_brain`` / ``drop_transfer``
-(1 − p ratio at the largest k), ``sentence_image``, ``sentence_brain``, ``sentence_random``;
+(1 − p ratio at the largest k), ``sentence_image``, ``sentence_brain``, ``sentence_random`` —
+the brain ones of stage 1; with ``stage2`` the same brain figures of stage 2 as ``<name>_stage2``;
 ``tables`` — ``ablation``, ``comparison``, ``semantics``, ``unit_examples``.
 """
 from __future__ import annotations
@@ -39,34 +44,41 @@ from typing import ClassVar
 
 import numpy as np
 
-from brainharness.capabilities import CAPTIONS, IMAGE_FEATURES, QUERY_CAPTIONER, QUERY_TOKENS
+from brainharness.capabilities import (CAPTIONS, IMAGE_FEATURES, IMAGE_TEXT_RETRIEVAL, QUERY_CAPTIONER, QUERY_TOKENS,
+                                       Need)
 from brainharness.errors import ConfigError, DataError
 from brainharness.params import Param
 from brainharness.registry import register_task
 from brainharness.task import TaskContext, TaskOutput
 from brainharness.tasks import captioning as cap
 from brainharness.tasks import neurons_core as nc
-from brainharness.tasks.captioning_task import TINY_CAPTIONER, CaptioningTask, metric_device, stage1_queries
+from brainharness.tasks.captioning_task import (STAGE2_TASK_PARAMS, TINY_CAPTIONER, CaptioningTask, check_stage2_task,
+                                                 metric_device, query_r2, stage1_queries, stage2_queries)
 from brainharness.tasks.neurons_layout import NEURONS_LAYOUT
 from brainharness.tasks.retrieval import RetrievalTask
 
-IMAGE, BRAIN = "image", "brain (stage 1)"
+IMAGE, BRAIN, BRAIN2 = "image", "brain (stage 1)", "brain (stage 2)"
+SUFFIX = {BRAIN: "", BRAIN2: "_stage2"}  # score names of each brain prefix
+BRAIN_SCORES = ("overlap", "overlap_shuffled", "rank_corr", "rank_corr_shuffled", "token_agreement", "drop_brain",
+                "drop_random_brain", "drop_transfer", "sentence_brain")
 
 
 @register_task("neurons")
 class NeuronsTask(RetrievalTask):
     direction = "brain→text (interpretability)"
-    needs = (IMAGE_FEATURES, QUERY_TOKENS, QUERY_CAPTIONER, CAPTIONS)
+    needs = (IMAGE_FEATURES, QUERY_TOKENS, QUERY_CAPTIONER, CAPTIONS,
+             Need(IMAGE_TEXT_RETRIEVAL, role="retrieval_backbone", when=lambda p: p["stage2"],
+                  condition="with stage2"))
     main_score = "overlap"
-    scores = ("overlap_shuffled", "rank_corr", "rank_corr_shuffled", "token_agreement", "drop_image", "drop_brain",
-              "drop_random_image", "drop_random_brain", "drop_transfer", "sentence_image", "sentence_brain",
-              "sentence_random")
+    scores = (*BRAIN_SCORES, "drop_image", "drop_random_image", "sentence_image", "sentence_random",
+              *(f"{k}_stage2" for k in BRAIN_SCORES))
     layout = NEURONS_LAYOUT
     example = {"backbone": {"name": "blip2-synthetic", **TINY_CAPTIONER}, "n_images": 8, "k_grid": [1, 4],
                "random_draws": 2, "overlap_k": 4, "semantic_units": 2, "top_tokens": 3, "num_threads": 1}
     params: ClassVar[dict] = {
         **{k: v for k, v in CaptioningTask.params.items()
-           if k not in ("max_new_tokens", "num_beams", "caption_metrics", "nn_caption_index", "examples")},
+           if k not in ("max_new_tokens", "num_beams", "caption_metrics", "nn_caption_index", "examples", "brain_model",
+                        "brain_model_sha256", *STAGE2_TASK_PARAMS)},
         "seed": Param(0, int, doc="seed of the image subset, random units and random pairings"),
         "lm_layers": Param(None, list, items=Param(type=int), nonempty=True,
                            doc="language-model layers whose MLP units are analysed (null: all; negative from the end)"),
@@ -84,7 +96,15 @@ class NeuronsTask(RetrievalTask):
         "per_layer": Param(True, doc="also analyse each chosen layer on its own"),
         "batch_size": Param(16, ge=1, doc="prefixes per forward/backward pass"),
         "examples": Param(4, ge=0, doc="images whose top units are listed in the record"),
+        "stage2": Param(False, doc="add the brain (stage 2) prefix: seed 000's contrastive stage 2 (parameters below)"),
+        **{k: v for k, v in STAGE2_TASK_PARAMS.items() if k != "batch_size"},
+        "stage2_batch_size": STAGE2_TASK_PARAMS["batch_size"],
     }
+
+    def check(self, p):
+        super().check(p)
+        if p["stage2"]:
+            check_stage2_task(self.owner(), p)
 
     def run(self, ctx: TaskContext) -> TaskOutput:
         from brainharness.ridge import resolve_device
@@ -99,12 +119,20 @@ class NeuronsTask(RetrievalTask):
         if len(idx) < 2:
             raise DataError("neurons: needs at least two test images")
         t["stage1_s"] = time.perf_counter() - t0
+        details = {"stage1_alpha_median": s1.alpha_median}
+        brains = {BRAIN: s1.P}
+        if p["stage2"]:
+            t0 = time.perf_counter()
+            brains[BRAIN2], epoch, _ = stage2_queries(dict(p, batch_size=p["stage2_batch_size"]), ctx, s1)
+            details.update({"stage2_best_epoch": epoch, "stage2_query_r2": query_r2(brains[BRAIN2], s1.Y_score),
+                            "stage1_query_r2": query_r2(s1.P, s1.Y_score)})
+            t["stage2_s"] = time.perf_counter() - t0
         gen = ctx.backbone
         lm = gen.language_model  # declared by QUERY_CAPTIONER
         layers = nc.resolve_layers(lm, p["lm_layers"])
         self.lm, self.layers, self.f = lm, layers, nc.n_units(lm, layers)
         embeds = {IMAGE: self._embeds(gen, s1.Y_score[idx], s1.shape),
-                  BRAIN: self._embeds(gen, s1.P[idx], s1.shape)}
+                  **{name: self._embeds(gen, P[idx], s1.shape) for name, P in brains.items()}}
         # the query outputs' positions come first; the prompt (BOS by default) follows
         self.positions = range(s1.shape[0] if p["positions"] == "visual" else embeds[IMAGE].shape[1])
         t0 = time.perf_counter()
@@ -129,10 +157,10 @@ class NeuronsTask(RetrievalTask):
         t["semantics_s"] = time.perf_counter() - t0
 
         scores = self._scores(ablation, comparison, semantics)
-        details = {"lm_layers": layers, "units_per_layer": self.f, "n_images": int(len(idx)),
-                   "k_main": max(p["k_grid"]), "stage1_alpha_median": s1.alpha_median,
-                   "clipscore": "missing: CLIP image-text weights are not loaded by this task",
-                   "analysed_stim_ids": [int(ctx.score.stim_ids[i]) for i in idx]}
+        details.update({"lm_layers": layers, "units_per_layer": self.f, "n_images": int(len(idx)),
+                        "k_main": max(p["k_grid"]),
+                        "clipscore": "missing: CLIP image-text weights are not loaded by this task",
+                        "analysed_stim_ids": [int(ctx.score.stim_ids[i]) for i in idx]})
         tables = {"ablation": ablation, "comparison": comparison, "semantics": semantics, "unit_examples": examples}
         per_image = {"neurons_stim_ids": np.asarray(ctx.score.stim_ids)[idx],
                      **{f"first_token_{cap.slug(k)}": v[1] for k, v in att.items()},
@@ -191,22 +219,25 @@ class NeuronsTask(RetrievalTask):
                                                                                  top[prefix][:, :kk])})
                 rows.append({**base, "units": "random", "p_ratio": float(np.mean(rand)),
                              "p_ratio_sd": float(np.std(rand)), "draws": len(rand)})
-                if prefix == BRAIN:  # does zeroing the image's top units hurt the brain-driven token as much?
+                if prefix != IMAGE:  # does zeroing the image's top units hurt the brain-driven token as much?
                     rows.append({**base, "units": "image's top units",
-                                 "p_ratio": self._ratio(embeds[BRAIN], c, p0, top[IMAGE][:, :kk])})
+                                 "p_ratio": self._ratio(embeds[prefix], c, p0, top[IMAGE][:, :kk])})
         return rows
 
     def _compare(self, scope: str, units: np.ndarray, att: dict, perm: np.ndarray) -> list[dict]:
         gi, ci = att[IMAGE][0][:, units], att[IMAGE][1]
-        gb, cb = att[BRAIN][0][:, units], att[BRAIN][1]
         k = min(self.p["overlap_k"], len(units))
-        ti, tb = nc.top_units(gi, k), nc.top_units(gb, k)
+        ti = nc.top_units(gi, k)
         rows = []
-        for pair, order in (("brain (stage 1) vs image", np.arange(len(gi))), ("shuffled brain vs image", perm)):
-            rows.append({"layers": scope, "pair": pair, "k": k, "n_units": int(len(units)),
-                         "overlap": float(nc.overlap(ti, tb[order]).mean()), "chance_overlap": k / len(units),
-                         "rank_corr": float(np.nanmean(nc.rank_correlation(gi, gb[order]))),
-                         "token_agreement": float(np.mean(ci == cb[order])), "n_images": int(len(gi))})
+        for brain in (b for b in att if b != IMAGE):
+            gb, cb = att[brain][0][:, units], att[brain][1]
+            tb = nc.top_units(gb, k)
+            shuffled = "shuffled brain vs image" if brain == BRAIN else f"shuffled {brain} vs image"
+            for pair, order in ((f"{brain} vs image", np.arange(len(gi))), (shuffled, perm)):
+                rows.append({"layers": scope, "pair": pair, "prefix": brain, "k": k, "n_units": int(len(units)),
+                             "overlap": float(nc.overlap(ti, tb[order]).mean()), "chance_overlap": k / len(units),
+                             "rank_corr": float(np.nanmean(nc.rank_correlation(gi, gb[order]))),
+                             "token_agreement": float(np.mean(ci == cb[order])), "n_images": int(len(gi))})
         return rows
 
     def _semantics(self, gen, att: dict, refs: list, perm: np.ndarray, ctx, device: str, idx) -> tuple:
@@ -239,18 +270,21 @@ class NeuronsTask(RetrievalTask):
         for r in ablation:
             if r["layers"] == "all" and r["k"] == kmax:
                 name = {"top by g": "drop_", "random": "drop_random_", "image's top units": "drop_transfer"}[r["units"]]
-                out[name + ("" if name == "drop_transfer" else ("image" if r["prefix"] == IMAGE else "brain"))] = \
-                    1.0 - r["p_ratio"]
+                if r["prefix"] == IMAGE:
+                    out[name + "image"] = 1.0 - r["p_ratio"]
+                else:
+                    out[name + ("" if name == "drop_transfer" else "brain") + SUFFIX[r["prefix"]]] = 1.0 - r["p_ratio"]
         for r in comparison:
             if r["layers"] == "all":
-                suffix = "" if r["pair"].startswith("brain") else "_shuffled"
+                suffix = ("_shuffled" if r["pair"].startswith("shuffled") else "") + SUFFIX[r["prefix"]]
                 out[f"overlap{suffix}"] = r["overlap"]
                 out[f"rank_corr{suffix}"] = r["rank_corr"]
-                if not suffix:
-                    out["token_agreement"] = r["token_agreement"]
+                if not r["pair"].startswith("shuffled"):
+                    out["token_agreement" + SUFFIX[r["prefix"]]] = r["token_agreement"]
         for r in semantics:
             if r["pairing"] == "own":
-                out["sentence_" + ("image" if r["prefix"] == IMAGE else "brain")] = r["sentence"]
+                name = "sentence_image" if r["prefix"] == IMAGE else "sentence_brain" + SUFFIX[r["prefix"]]
+                out[name] = r["sentence"]
             elif r["prefix"] == IMAGE:
                 out["sentence_random"] = r["sentence"]
         return out

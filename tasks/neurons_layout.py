@@ -2,9 +2,9 @@
 
 ``<task>-ablation``: a row per (layers, prefix, units) — ``p(c)`` after ablation over ``p(c)``
 before, one column per k (the ablation curve; drawn as a heatmap, rows × k). Rows of random
-units are the baseline (reference rows). ``<task>-overlap``: a row per layers for the brain
-prefix against the image prefix (top-k overlap, rank correlation of g, agreement of the first
-token c), with the shuffled-brain pairing as a reference row. ``<task>-semantics``: the
+units are the baseline (reference rows). ``<task>-overlap``: a row per layers and brain prefix
+(stage 1, and stage 2 where run) against the image prefix (top-k overlap, rank correlation of g,
+agreement of the first token c), with the shuffled-brain pairing as a reference row. ``<task>-semantics``: the
 sentence-model similarity of the decoded top units' tokens to the image's captions, a row per
 prefix, and the random image–unit pairing (Table 1's baseline) as a reference row.
 """
@@ -15,6 +15,14 @@ from brainharness.layout import Layout, Plot, Row, Scores, Table
 REFERENCES = {"random": "baseline: k random units of the same layers (mean over draws)",
               "shuffled brain vs image": "baseline: the brain prefix of another image",
               "random pairing": "baseline: images and decoded units paired at random"}
+
+
+def _reference(label: str) -> str | None:
+    """The baseline a row is, if it is one (``shuffled brain (stage 2) vs image`` too)."""
+    if label.startswith("shuffled "):
+        return REFERENCES["shuffled brain vs image"] + ("" if label == "shuffled brain vs image" else
+                                                        " (" + label[len("shuffled "):-len(" vs image")] + ")")
+    return REFERENCES.get(label)
 
 
 def _rows(record: dict, table: str) -> list[dict]:
@@ -44,7 +52,7 @@ def split_overlap(record: dict) -> list[Row]:
     out = []
     for (lay, pair), scores in rows.items():
         main = next((k for k in scores if k.startswith("overlap@")), None)
-        out.append(_row(record, scores, main, {"layers": lay, "pair": pair}, REFERENCES.get(pair)))
+        out.append(_row(record, scores, main, {"layers": lay, "pair": pair}, _reference(pair)))
     return out
 
 

@@ -88,3 +88,44 @@ def test_captioning_task_rows(tmp_path):
     assert rec["scores"]["rouge1"] == rows["brain (stage 1)"]["rouge1"]
     assert rows["shuffled brain"]["brain_model"] == "brain (stage 1)"
     assert all(0 <= r["rouge1"] <= 1 and r["n_images"] == 40 for r in rows.values())
+
+
+def test_neurons_stage2_prefix_beside_stage1(tmp_path):
+    from conftest import tiny_config
+
+    from brainharness.config import load_config
+    from brainharness.leaderboard.tables import build_tables
+    from brainharness.runner import Runner
+    from brainharness.tasks.captioning_task import TINY_CAPTIONER, TINY_RETRIEVAL
+    from brainharness.tasks.neurons import NeuronsTask
+
+    example = {k: v for k, v in NeuronsTask.example.items() if k != "backbone"}
+    cfg = load_config(tiny_config(tmp_path, dataset={"name": "synthetic", "n_train": 200, "n_test": 40,
+                                                     "n_voxels": 120, "image_size": 32, "seed": 4},
+                                  backbones=[{"name": "blip2-synthetic", **TINY_CAPTIONER}],
+                                  tasks=[{"name": "neurons", **example, "stage2": True,
+                                          "retrieval_backbone": TINY_RETRIEVAL, "max_epochs": 2, "patience": 2,
+                                          "select_on": "brain_text", "lr": 1e-3, "stage2_batch_size": 16}]))
+    (rec,) = Runner(cfg, progress=False).run()
+    s, tables = rec["scores"], rec["tables"]
+    assert rec["details"]["stage2_best_epoch"] == 2  # trained: not the stage-1 ridge
+    assert rec["details"]["stage2_query_r2"] != rec["details"]["stage1_query_r2"]
+    curves = {(r["prefix"], r["units"], r["k"]) for r in tables["ablation"] if r["layers"] == "all"}
+    for units in ("top by g", "random", "image's top units"):
+        assert {("brain (stage 2)", units, k) for k in example["k_grid"]} <= curves
+    pairs = [r["pair"] for r in tables["comparison"] if r["layers"] == "all"]
+    assert pairs == ["brain (stage 1) vs image", "shuffled brain vs image", "brain (stage 2) vs image",
+                     "shuffled brain (stage 2) vs image"]
+    assert {r["prefix"] for r in tables["semantics"]} == {"image", "brain (stage 1)", "brain (stage 2)"}
+    # every stage-2 figure is reported, and the stage-2 prefix drives other attributions than stage 1's
+    assert set(NeuronsTask.scores) | {"overlap"} == set(s)
+    # (the tiny captioner's 1-layer language model ranks its 64 units alike for both prefixes; p(c) after ablation
+    # differs in the 5th decimal — equal only if the stage-2 rows were computed from the stage-1 prefix)
+    assert s["drop_brain_stage2"] != s["drop_brain"] and s["drop_transfer_stage2"] != s["drop_transfer"]
+    assert all(0 <= s[k] <= 1 for k in ("overlap_stage2", "overlap_shuffled_stage2", "token_agreement_stage2"))
+    own = {r["prefix"]: r for r in tables["comparison"] if r["layers"] == "all" and not r["pair"].startswith("shuf")}
+    assert s["overlap_stage2"] == own["brain (stage 2)"]["overlap"]
+    assert s["overlap"] == own["brain (stage 1)"]["overlap"]
+    # the layout: a row per brain prefix, the stage-2 shuffled pairing as a reference row
+    overlap = build_tables(cfg["results_dir"])["neurons-overlap"]
+    assert {"brain (stage 2) vs image", "shuffled brain (stage 2) vs image"} <= set(overlap["pair"])

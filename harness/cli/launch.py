@@ -105,8 +105,13 @@ def run_unit_job(cfg: dict, subject: str, backbone: str, task: str) -> dict:
     A failed unit fails the task, so SLURM's state says so too."""
     from brainharness.runner import Runner
 
-    runner = Runner(cfg, progress=False)
-    (unit,) = [u for u in runner.units() if Unit(*u, key={}, path=None).labels == (subject, backbone, task)]
+    def pick(specs, label):
+        return [s for s in specs if (s.get("label") or s["name"]) == label]
+
+    # the unit's own config: the other backbones are not built (their models take seconds each)
+    runner = Runner({**cfg, "subjects": [subject], "backbones": pick(cfg["backbones"], backbone),
+                     "tasks": pick(cfg["tasks"], task)}, progress=False)
+    (unit,) = runner.check_units(runner.units())
     outcome = runner.run_one(*unit)
     if outcome.status == "failed":
         raise RuntimeError(f"unit {subject} / {backbone} / {task} failed: {outcome.error}")
@@ -119,6 +124,7 @@ def submit_grid(runner, p: dict) -> list[Unit]:
     with JobTable.of(runner.cfg["results_dir"]).locked() as table:
         units = unit_states(runner)
         todo = [u for u in units if u.state in ("failed", "missing") or (overwrite and u.state == "done")]
+        runner.check_units([(u.subject, u.backbone, u.task) for u in todo])  # one line before any job
         if todo:
             cfg = dict(runner.cfg, policy="overwrite" if overwrite else "skip-existing")
             ids = submit(executor(p, f"bh-{runner.cfg['experiment']}"), run_unit_job,
