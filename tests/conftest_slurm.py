@@ -104,7 +104,7 @@ class SlurmCluster:
         (r / "slurmdbd.conf").chmod(0o600)  # slurmdbd refuses a config others can read
         cpus = os.cpu_count() or 1
         (r / "slurm.conf").write_text("\n".join([
-            "ClusterName=bhtest", f"SlurmctldHost={host}", f"SlurmctldPort={ctld}", f"SlurmdPort={slurmd}",
+            "ClusterName=bhtest", f"SlurmctldHost={host}(127.0.0.1)", f"SlurmctldPort={ctld}", f"SlurmdPort={slurmd}",
             "SlurmUser=root", "SlurmdUser=root", "AuthType=auth/munge", f"StateSaveLocation={r / 'state'}",
             f"SlurmdSpoolDir={r / 'spool'}", f"SlurmctldPidFile={r / 'slurmctld.pid'}",
             f"SlurmdPidFile={r / 'slurmd.pid'}", "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none",
@@ -112,7 +112,7 @@ class SlurmCluster:
             "AccountingStorageHost=localhost", f"AccountingStoragePort={dbd}", "JobCompType=jobcomp/none",
             "SchedulerType=sched/backfill", "SchedulerParameters=batch_sched_delay=0", "SelectType=select/cons_tres",
             "SelectTypeParameters=CR_Core", "KillWait=2", "ReturnToService=2", "MpiDefault=none",
-            f"NodeName={host} CPUs={cpus} RealMemory=2000 State=UNKNOWN",
+            f"NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory=2000 State=UNKNOWN",
             "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP", ""]))
         # slurmdbd reads slurmdbd.conf beside $SLURM_CONF and finds MariaDB's socket through MYSQL_UNIX_PORT
         log = self._spawn("slurmdbd", "slurmdbd", "-D", env={"MYSQL_UNIX_PORT": str(sock)})

@@ -152,6 +152,7 @@ def test_status_of_a_local_run(tmp_path):
 
 @pytest.mark.parametrize("args, env, says", [
     (["--gpus", "-1"], {}, "slurm: gpus must be"),
+    (["--launcher", "local", "--partition", "gpu"], {}, "--partition is an option of --launcher slurm"),
     (["--sbatch", "=x"], {}, "--sbatch takes KEY=VALUE"),
     ([], {"PATH": os.path.dirname(sys.executable)}, "sbatch, sacct, scancel not found on PATH"),
 ])

@@ -32,6 +32,7 @@ from brainharness.errors import HarnessError
 from brainharness.params import param_lines
 
 from .launch import add_options as add_launcher_options
+from .launch import check_flags as check_launcher_flags
 from .launch import cmd_status
 from .results import add_parser as add_results_parser
 from .terminal import counts_line, leaderboard_command, print_outcome, sweep_line, where_lines
@@ -79,6 +80,7 @@ def cmd_run(args) -> int:
     from brainharness.config import load_config
     from brainharness.runner import Runner
 
+    check_launcher_flags(args)
     cfg = load_config(args.config)
     if args.policy:
         cfg["policy"] = args.policy
@@ -116,6 +118,7 @@ def cmd_sweep(args) -> int:
     from brainharness.config import load_config
     from brainharness.sweeps.study import run_sweep
 
+    check_launcher_flags(args)
     cfg = load_config(_demo_config() if args.config == "demo" else args.config)
     if args.status or args.workers != 1 or args.launcher == "slurm":
         from brainharness.sweeps.launch import start_workers

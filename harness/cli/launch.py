@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from brainharness.errors import DataError
+from brainharness.errors import ConfigError, DataError
 from brainharness.slurm import ACCOUNTING_LAG_S, ACTIVE, JobTable, check_available, executor, job_states, options, \
     parse_sbatch, submit
 
@@ -33,6 +33,14 @@ def add_options(parser, what: str) -> None:
     group.add_argument("--sbatch", action="append", metavar="KEY=VALUE",
                        help="a further sbatch option, e.g. --sbatch account=lab --sbatch qos=short (repeatable)")
     group.add_argument("--wait", action="store_true", help="wait for the jobs and print their outcome")
+
+
+def check_flags(args) -> None:
+    """A SLURM option without ``--launcher slurm`` is a usage mistake, not something to ignore."""
+    given = [flag for flag in [f for f, _, _ in FLAGS] + ["--sbatch", "--wait"]
+             if getattr(args, flag.lstrip("-").replace("-", "_"), None) not in (None, False)]
+    if given and args.launcher != "slurm":
+        raise ConfigError(f"{given[0]} is an option of --launcher slurm (add it, or drop {given[0]})")
 
 
 def slurm_options(cfg: dict, args) -> dict:
