@@ -27,15 +27,24 @@ token ``c`` the language model predicts first after the prefix (:mod:`brainharne
 5. semantics: each image's top ``semantic_units`` units' decoded tokens (a comma-joined list)
    against the image's captions with the sentence model of the caption metrics
    (cosine to the captions' mean embedding), max over units, mean over images — and the same
-   with images and units paired at random (Table 1's baseline). CLIPScore needs CLIP image
-   weights the harness does not load here: reported missing.
+   with images and units paired at random (Table 1's baseline); and CLIPScore of the same texts
+   against the image (:mod:`brainharness.tasks.neurons_semantics`) with the caption metric
+   ``clipscore_model``'s CLIP weights where the local caches hold them, else ``None`` with the reason
+   in ``details.clipscore``;
+6. with ``tokens: caption``, attribution on every token of each prefix's greedy caption
+   (:mod:`brainharness.tasks.neurons_tokens`): top-k overlap and rank correlation of g across the
+   tokens of one caption, and brain vs image token by token on the image's caption (shuffled-brain
+   baseline) — the ``caption_tokens`` and ``caption_token_examples`` tables. The analyses 1–5 stay
+   on the first token c.
 
 Record: ``scores`` — ``overlap`` (main: brain vs image, all layers, k = ``overlap_k``),
 ``overlap_shuffled``, ``rank_corr``, ``rank_corr_shuffled``, ``token_agreement``,
 ``drop_image`` / ``drop_brain`` / ``drop_random_image`` / ``drop_random_brain`` / ``drop_transfer``
-(1 − p ratio at the largest k), ``sentence_image``, ``sentence_brain``, ``sentence_random`` —
+(1 − p ratio at the largest k), ``sentence_image``, ``sentence_brain``, ``sentence_random``,
+``clipscore_image``, ``clipscore_brain``, ``clipscore_random`` (None without CLIP weights) —
 the brain ones of stage 1; with ``stage2`` the same brain figures of stage 2 as ``<name>_stage2``;
-``tables`` — ``ablation``, ``comparison``, ``semantics``, ``unit_examples``.
+``tables`` — ``ablation``, ``comparison``, ``semantics``, ``unit_examples`` (and with ``tokens: caption``
+``caption_tokens``, ``caption_token_examples``).
 """
 from __future__ import annotations
 
@@ -52,15 +61,17 @@ from brainharness.registry import register_task
 from brainharness.task import TaskContext, TaskOutput
 from brainharness.tasks import captioning as cap
 from brainharness.tasks import neurons_core as nc
+from brainharness.tasks import neurons_semantics as ns
+from brainharness.tasks import neurons_tokens as nt
 from brainharness.tasks.captioning_task import (STAGE2_TASK_PARAMS, TINY_CAPTIONER, CaptioningTask, check_stage2_task,
-                                                 metric_device, query_r2, stage1_queries, stage2_queries)
+                                                 query_r2, stage1_queries, stage2_queries)
 from brainharness.tasks.neurons_layout import NEURONS_LAYOUT
 from brainharness.tasks.retrieval import RetrievalTask
 
 IMAGE, BRAIN, BRAIN2 = "image", "brain (stage 1)", "brain (stage 2)"
 SUFFIX = {BRAIN: "", BRAIN2: "_stage2"}  # score names of each brain prefix
 BRAIN_SCORES = ("overlap", "overlap_shuffled", "rank_corr", "rank_corr_shuffled", "token_agreement", "drop_brain",
-                "drop_random_brain", "drop_transfer", "sentence_brain")
+                "drop_random_brain", "drop_transfer", "sentence_brain", "clipscore_brain")
 
 
 @register_task("neurons")
@@ -70,7 +81,8 @@ class NeuronsTask(RetrievalTask):
              Need(IMAGE_TEXT_RETRIEVAL, role="retrieval_backbone", when=lambda p: p["stage2"],
                   condition="with stage2"))
     main_score = "overlap"
-    scores = (*BRAIN_SCORES, "drop_image", "drop_random_image", "sentence_image", "sentence_random",
+    scores = (*BRAIN_SCORES, "drop_image", "drop_random_image", "sentence_image", "sentence_random", "clipscore_image",
+              "clipscore_random",
               *(f"{k}_stage2" for k in BRAIN_SCORES))
     layout = NEURONS_LAYOUT
     example = {"backbone": {"name": "blip2-synthetic", **TINY_CAPTIONER}, "n_images": 8, "k_grid": [1, 4],
@@ -94,6 +106,13 @@ class NeuronsTask(RetrievalTask):
                                "prompt, the predicting one included, as the paper's last image patch) or the "
                                "visual prefix only (a last layer then has g = 0 there)"),
         "per_layer": Param(True, doc="also analyse each chosen layer on its own"),
+        "tokens": Param("first", choices=("first", "caption"),
+                        doc="attribution on the first predicted token c only, or also on every token of each "
+                            "prefix's greedy caption (teacher-forced; the caption_tokens table)"),
+        "max_new_tokens": Param(30, ge=1, doc="with tokens: caption, the greedy caption's length limit (tokens)"),
+        "clipscore_model": Param("clip_b32", choices=("clip_b32", "clip_l14"),
+                                 doc="CLIP weights of CLIPScore (the caption metric's; local caches only, else "
+                                     "reported missing)"),
         "batch_size": Param(16, ge=1, doc="prefixes per forward/backward pass"),
         "examples": Param(4, ge=0, doc="images whose top units are listed in the record"),
         "stage2": Param(False, doc="add the brain (stage 2) prefix: seed 000's contrastive stage 2 (parameters below)"),
@@ -153,18 +172,25 @@ class NeuronsTask(RetrievalTask):
         refs = [list(ctx.stimuli.captions.get(int(ctx.score.stim_ids[i]), [])) for i in idx]
         if any(not r for r in refs):
             raise DataError("neurons: every analysed image needs captions for the semantics of its units")
-        semantics, examples = self._semantics(gen, att, refs, perm, ctx, str(resolve_device(ctx.device)), idx)
+        semantics, examples, clip_desc = ns.semantics(self, gen, att, refs, perm, ctx, str(resolve_device(ctx.device)),
+                                                      idx)
         t["semantics_s"] = time.perf_counter() - t0
-
-        scores = self._scores(ablation, comparison, semantics)
-        details.update({"lm_layers": layers, "units_per_layer": self.f, "n_images": int(len(idx)),
-                        "k_main": max(p["k_grid"]),
-                        "clipscore": "missing: CLIP image-text weights are not loaded by this task",
-                        "analysed_stim_ids": [int(ctx.score.stim_ids[i]) for i in idx]})
         tables = {"ablation": ablation, "comparison": comparison, "semantics": semantics, "unit_examples": examples}
         per_image = {"neurons_stim_ids": np.asarray(ctx.score.stim_ids)[idx],
                      **{f"first_token_{cap.slug(k)}": v[1] for k, v in att.items()},
                      **{f"p_first_token_{cap.slug(k)}": v[2] for k, v in att.items()}}
+        if p["tokens"] == "caption":
+            t0 = time.perf_counter()
+            self.tokenizer = gen.tokenizer
+            tables["caption_tokens"], tables["caption_token_examples"], lengths = nt.caption_tokens(
+                self, embeds, scopes, perm, IMAGE, _shuffled, np.asarray(ctx.score.stim_ids)[idx])
+            per_image.update({f"caption_length_{cap.slug(k)}": v for k, v in lengths.items()})
+            t["caption_tokens_s"] = time.perf_counter() - t0
+
+        scores = self._scores(ablation, comparison, semantics)
+        details.update({"lm_layers": layers, "units_per_layer": self.f, "n_images": int(len(idx)),
+                        "k_main": max(p["k_grid"]),
+                        "clipscore": clip_desc, "analysed_stim_ids": [int(ctx.score.stim_ids[i]) for i in idx]})
         return TaskOutput(self.main_score, scores, tables, per_image, {"timings": t, "details": details})
 
     # -- passes -----------------------------------------------------------------------
@@ -232,37 +258,12 @@ class NeuronsTask(RetrievalTask):
         for brain in (b for b in att if b != IMAGE):
             gb, cb = att[brain][0][:, units], att[brain][1]
             tb = nc.top_units(gb, k)
-            shuffled = "shuffled brain vs image" if brain == BRAIN else f"shuffled {brain} vs image"
-            for pair, order in ((f"{brain} vs image", np.arange(len(gi))), (shuffled, perm)):
+            for pair, order in ((f"{brain} vs image", np.arange(len(gi))), (_shuffled(brain), perm)):
                 rows.append({"layers": scope, "pair": pair, "prefix": brain, "k": k, "n_units": int(len(units)),
                              "overlap": float(nc.overlap(ti, tb[order]).mean()), "chance_overlap": k / len(units),
                              "rank_corr": float(np.nanmean(nc.rank_correlation(gi, gb[order]))),
                              "token_agreement": float(np.mean(ci == cb[order])), "n_images": int(len(gi))})
         return rows
-
-    def _semantics(self, gen, att: dict, refs: list, perm: np.ndarray, ctx, device: str, idx) -> tuple:
-        p, tok = self.p, gen.tokenizer
-        rows, examples = [], []
-        n_units_all = len(self.layers) * self.f
-        u = min(p["semantic_units"], n_units_all)
-        for prefix, (g, _c, _p0) in att.items():
-            top = nc.top_units(g, u)  # (n, u) over all chosen layers
-            ids = nc.decode_units(self.lm, self.layers, top.reshape(-1), p["top_tokens"])
-            texts = [", ".join(w for w in (tok.decode([int(i)]).strip() for i in row) if w) for row in ids]
-            for pairing, order in (("own", np.arange(len(refs))), ("random", perm)):
-                pair_refs = [refs[order[i // u]] for i in range(len(texts))]  # unit text i belongs to image i // u
-                per, summary, _ = cap.score_captions(texts, pair_refs, ["sentence"], metric_device(device),
-                                                     ctx.cache_dir)
-                value = float(per["sentence"].reshape(-1, u).max(1).mean()) if "sentence" in per else None
-                rows.append({"prefix": prefix, "pairing": pairing, "sentence": value, "clipscore": None,
-                             "n_images": len(refs), "units_per_image": u})
-            for i in range(min(p["examples"], len(refs))):
-                for j in range(u):
-                    flat = int(top[i, j])
-                    examples.append({"stim_id": int(ctx.score.stim_ids[idx[i]]), "prefix": prefix,
-                                     "layer": self.layers[flat // self.f], "unit": flat % self.f,
-                                     "g": float(g[i, flat]), "tokens": texts[i * u + j]})
-        return rows, examples
 
     def _scores(self, ablation: list, comparison: list, semantics: list) -> dict:
         kmax = max(self.p["k_grid"])
@@ -282,9 +283,15 @@ class NeuronsTask(RetrievalTask):
                 if not r["pair"].startswith("shuffled"):
                     out["token_agreement" + SUFFIX[r["prefix"]]] = r["token_agreement"]
         for r in semantics:
-            if r["pairing"] == "own":
-                name = "sentence_image" if r["prefix"] == IMAGE else "sentence_brain" + SUFFIX[r["prefix"]]
-                out[name] = r["sentence"]
-            elif r["prefix"] == IMAGE:
-                out["sentence_random"] = r["sentence"]
+            for metric in ("sentence", "clipscore"):
+                if r["pairing"] == "own":
+                    name = f"{metric}_image" if r["prefix"] == IMAGE else f"{metric}_brain" + SUFFIX[r["prefix"]]
+                    out[name] = r[metric]
+                elif r["prefix"] == IMAGE:
+                    out[f"{metric}_random"] = r[metric]
         return out
+
+
+def _shuffled(brain: str) -> str:
+    """The label of a brain prefix's shuffled-brain pairing (the layout's reference rows)."""
+    return "shuffled brain vs image" if brain == BRAIN else f"shuffled {brain} vs image"

@@ -8,6 +8,8 @@ turns into the layer's MLP output (the paper's eq. 3, ``m = W_out A``). A unit i
 * :func:`attribution` — eq. 2, ``g_{k,c} = Σ_p Z_p^k · ∂y^c/∂Z_p^k`` summed over the prefix
   positions ``p`` (the visual prefix), on the token ``c`` predicted next after the whole input
   (its logit ``y^c``): one forward and one backward pass per batch of inputs.
+* :func:`greedy_caption`, :func:`caption_attribution` — the caption an input generates greedily, and
+  eq. 2 on each of its tokens, teacher-forced (one backward pass per caption position).
 * :func:`token_probability` — ``p(c)`` with a set of units zeroed at the prefix positions (per
   input its own set): the ablation of §3.3. First order, zeroing unit ``k`` changes ``y^c`` by
   ``≈ −g_k`` — what ``tests/test_neurons.py`` checks.
@@ -97,6 +99,63 @@ def attribution(lm, embeds, layers: list[int], positions) -> tuple[np.ndarray, n
     g = [(a * gr).reshape(b, t, -1)[:, pos, :].sum(1) for a, gr in zip(acts, grads)]
     prob = torch.softmax(logits.detach(), -1).gather(1, c[:, None])[:, 0]
     return (torch.cat(g, 1).detach().float().cpu().numpy(), c.cpu().numpy(), prob.cpu().numpy())
+
+
+def greedy_caption(lm, embeds, max_new_tokens: int, eos: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """The caption each input generates greedily after ``embeds`` (B, T, d) → ``(tokens (B, n), lengths (B,))``:
+    ``tokens[i, :lengths[i]]`` are its tokens before ``eos`` (padded with ``eos`` or 0 after; ``n`` ≥ 1)."""
+    import torch
+
+    b = embeds.shape[0]
+    emb = lm.get_input_embeddings()
+    out = torch.zeros(b, max_new_tokens, dtype=torch.long, device=embeds.device)
+    lengths = torch.full((b,), max_new_tokens, dtype=torch.long, device=embeds.device)
+    x = embeds
+    with torch.no_grad():
+        for t in range(max_new_tokens):
+            nxt = _logits(lm, x).argmax(-1)
+            out[:, t] = nxt
+            if eos is not None:
+                ended = (nxt == eos) & (lengths == max_new_tokens)
+                lengths[ended] = t
+                if bool((lengths < max_new_tokens).all()):
+                    break
+            x = torch.cat([x, emb(nxt[:, None]).to(x.dtype)], 1)
+    n = max(int(lengths.max()), 1)
+    return out[:, :n].cpu().numpy(), lengths.cpu().numpy()
+
+
+def caption_attribution(lm, embeds, layers: list[int], positions, tokens, lengths) -> np.ndarray:
+    """Eq. 2 on every token of a caption, teacher-forced: inputs ``embeds`` (B, T, d) followed by
+    ``tokens`` (B, n), ``lengths`` (B,) → ``g`` (B, n, len(layers)·F), float32.
+
+    ``g[i, t]`` sums ``Z·∂y/∂Z`` over ``positions`` (of ``embeds``; the caption's own positions are not
+    summed) for the logit of ``tokens[i, t]`` at the position that predicts it (the last of ``embeds``
+    for ``t = 0``: :func:`attribution`'s g when the token is c). One forward pass, one backward pass per
+    caption position (rows do not interact: their logits are summed); zero past ``lengths[i]``."""
+    import torch
+
+    ids = torch.as_tensor(np.asarray(tokens, dtype=np.int64), device=embeds.device)
+    b, t0, n = embeds.shape[0], embeds.shape[1], ids.shape[1]
+    x = torch.cat([embeds.detach(), lm.get_input_embeddings()(ids).to(embeds.dtype)], 1).requires_grad_(True)
+    live = torch.as_tensor(np.arange(n)[None, :] < np.asarray(lengths)[:, None], device=embeds.device)
+    pos = torch.as_tensor(list(positions), device=embeds.device)
+    acts, g = [], np.zeros((b, n, 0), dtype=np.float32)
+
+    def keep(_slot, a):
+        acts.append(a)
+
+    with torch.enable_grad(), _hooks(lm, layers, keep):
+        mask = torch.ones(x.shape[:2], dtype=torch.long, device=x.device)
+        logits = lm(inputs_embeds=x, attention_mask=mask).logits[:, t0 - 1:t0 - 1 + n, :].float()
+        y = logits.gather(2, ids[..., None])[..., 0] * live  # (B, n): each token's logit where it is predicted
+        per_t = []
+        for t in range(n):
+            grads = torch.autograd.grad(y[:, t].sum(), acts, retain_graph=t < n - 1)
+            per_t.append(torch.cat([(a * gr).reshape(b, x.shape[1], -1)[:, pos, :].sum(1)
+                                    for a, gr in zip(acts, grads)], 1).detach().float().cpu().numpy())
+        g = np.stack(per_t, 1) if per_t else g
+    return g * live.cpu().numpy()[..., None]
 
 
 def token_probability(lm, embeds, layers: list[int], positions, tokens, units=None, logit: bool = False) -> np.ndarray:

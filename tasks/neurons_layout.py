@@ -1,12 +1,14 @@
-"""The ``neurons`` task's leaderboard layout: one record → three tables of seed 002's analysis.
+"""The ``neurons`` task's leaderboard layout: one record → three (four) tables of seed 002's analysis.
 
 ``<task>-ablation``: a row per (layers, prefix, units) — ``p(c)`` after ablation over ``p(c)``
 before, one column per k (the ablation curve; drawn as a heatmap, rows × k). Rows of random
 units are the baseline (reference rows). ``<task>-overlap``: a row per layers and brain prefix
 (stage 1, and stage 2 where run) against the image prefix (top-k overlap, rank correlation of g,
-agreement of the first token c), with the shuffled-brain pairing as a reference row. ``<task>-semantics``: the
-sentence-model similarity of the decoded top units' tokens to the image's captions, a row per
-prefix, and the random image–unit pairing (Table 1's baseline) as a reference row.
+agreement of the first token c), with the shuffled-brain pairing as a reference row.
+``<task>-caption-tokens`` (``tokens: caption`` only): the same figures on every caption token, and
+across the tokens of one caption. ``<task>-semantics``: the sentence-model similarity (to the
+image's captions) and CLIPScore (to the image) of the decoded top units' tokens, a row per prefix,
+and the random image–unit pairing (Table 1's baseline) as a reference row.
 """
 from __future__ import annotations
 
@@ -42,11 +44,13 @@ def split_ablation(record: dict) -> list[Row]:
             for (lay, pre, units), scores in curves.items()]
 
 
-def split_overlap(record: dict) -> list[Row]:
+def split_overlap(record: dict, table: str = "comparison") -> list[Row]:
     rows: dict[tuple, dict] = {}
-    for r in _rows(record, "comparison"):
+    for r in _rows(record, table):
         key = (str(r.get("layers")), str(r.get("pair")))
-        s = rows.setdefault(key, {"rank_corr": r.get("rank_corr"), "token_agreement": r.get("token_agreement")})
+        first = {"token_agreement": r.get("token_agreement")} if table == "comparison" else \
+            {"tokens_per_caption": r.get("tokens_per_caption"), "n_images": r.get("n_images")}
+        s = rows.setdefault(key, {"rank_corr": r.get("rank_corr"), **first})
         s[f"overlap@{r.get('k')}"] = r.get("overlap")
         s[f"chance@{r.get('k')}"] = r.get("chance_overlap")
     out = []
@@ -54,6 +58,10 @@ def split_overlap(record: dict) -> list[Row]:
         main = next((k for k in scores if k.startswith("overlap@")), None)
         out.append(_row(record, scores, main, {"layers": lay, "pair": pair}, _reference(pair)))
     return out
+
+
+def split_caption_tokens(record: dict) -> list[Row]:
+    return split_overlap(record, "caption_tokens")
 
 
 def split_semantics(record: dict) -> list[Row]:
@@ -80,6 +88,14 @@ NEURONS_LAYOUT = Layout(
           columns=Scores(main_first=True), split=split_overlap, labels=("layers", "pair")),
     Table(suffix="semantics", name="unit_semantics", title="decoded units vs the image's captions",
           description="seed 002 Table 1: sentence-model similarity of each top unit's decoded tokens to the "
-                      "image's captions (max over units, mean over images); CLIPScore missing without CLIP weights",
+                      "image's captions and CLIPScore to the image (max over units, mean over images); CLIPScore "
+                      "missing without CLIP weights in the local caches",
           columns=Scores(main_first=True), split=split_semantics, labels=("prefix", "pairing")),
+    Table(suffix="caption-tokens", name="caption_token_attribution",
+          title="attribution on every caption token (tokens: caption)",
+          description="'<prefix>: across tokens': top-k overlap and rank correlation of g between the tokens of a "
+                      "prefix's own greedy caption (mean over token pairs, then images); '<brain> vs image': the "
+                      "brain prefix teacher-forced on the image prefix's caption, compared token by token (mean "
+                      "over tokens, then images), the shuffled brain prefix on the same caption as baseline",
+          columns=Scores(main_first=True), split=split_caption_tokens, labels=("layers", "pair")),
 )

@@ -98,7 +98,10 @@ def _clip_checkpoint(spec: dict) -> str | None:
     return str(path) if path.is_file() else None
 
 
-def _clip_encoder(name: str, device: str | None) -> tuple[Callable | None, dict]:
+def clip_model(name: str, device: str | None = None) -> tuple[tuple | None, dict]:
+    """CLIP metric ``name``'s open_clip model from the local caches (no network; cached per device) →
+    ``((model, tokenizer, image_transform), description)``, or ``(None, description with its reason)``
+    where the weights are not there. Shared by ``clip_b32``/``clip_l14`` and the ``neurons`` task's CLIPScore."""
     spec = CLIP_SPECS[name]
     desc = {"model": spec["model"], "pretrained": spec["tag"],
             "seed_used": f"transformers CLIPModel {spec['seed_model']} (same OpenAI weights)"}
@@ -114,6 +117,16 @@ def _clip_encoder(name: str, device: str | None) -> tuple[Callable | None, dict]
         if key not in _cache:
             import open_clip
 
-            model = open_clip.create_model(spec["model"], pretrained=ckpt, force_quick_gelu=True, device=device)
-            _cache[key] = open_clip_text_encoder(model, open_clip.get_tokenizer(spec["model"]), device)
-    return _cache[key], {**desc, "checkpoint": ckpt, "versions": {"open_clip": _version("open_clip_torch")}}
+            model, _, transform = open_clip.create_model_and_transforms(spec["model"], pretrained=ckpt,
+                                                                        force_quick_gelu=True, device=device)
+            _cache[key] = (model.eval(), open_clip.get_tokenizer(spec["model"]), transform)
+    return _cache[key], {**desc, "checkpoint": ckpt, "device": device,
+                         "versions": {"open_clip": _version("open_clip_torch")}}
+
+
+def _clip_encoder(name: str, device: str | None) -> tuple[Callable | None, dict]:
+    loaded, desc = clip_model(name, device)
+    if loaded is None:
+        return None, desc
+    model, tokenizer, _ = loaded
+    return open_clip_text_encoder(model, tokenizer, desc.pop("device")), desc
