@@ -17,6 +17,9 @@ timed end to end, fit + predict on held-out samples, after a tiny warm-up fit):
 * harness ``cv=5``      vs the same K-fold criterion with every step in float64 (``RidgeCV(...,
   dtype=float64)``, at most 1,024 targets): the accuracy reference for the float32 K-fold;
 * harness ``cv="gcv"`` (the default mode), timed against both;
+* head-to-head: ``--repeat`` rounds (default 3) of harness ``cv=5`` and himalaya ``cv=5``,
+  alternating which runs first; the medians (single timings swing by 2-5x when other jobs
+  share the cores);
 * an α sweep: k fits, each with a different α grid, reusing one ``Decomposition`` vs k
   independent fits.
 
@@ -98,6 +101,9 @@ def main(argv=None):
     ap.add_argument("--feature-decay", type=float, default=0.0,
                     help="power-law exponent of the feature-noise spectrum (0 = isotropic noise, the default)")
     ap.add_argument("--skip", default="", help="comma list of: sklearn, himalaya, float64, sweep")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="head-to-head rounds of harness cv=5 and himalaya cv=5, alternating which goes first "
+                         "(medians: robust to other load on a shared machine; 0 = none; default 3)")
     ap.add_argument("--dry-run", action="store_true", help="print the chosen size and the time estimate, then exit")
     args = ap.parse_args(argv)
     args.alpha_list = parse_alphas(args.alphas)
@@ -181,6 +187,10 @@ def main(argv=None):
             del m64
         log(f"  float64      {PHASES['float64']['seconds']:8.2f} s   {_mem_str(PHASES['float64'])}")
 
+    h2h = {}
+    if args.repeat and "himalaya" in res and not PHASES["himalaya"].get("extrapolated"):
+        h2h = head_to_head(Xtr, Ytr, Xte, alphas, hcv, device, args)
+
     sweep = {}
     if "sweep" not in skip:
         sweep = run_sweep(Xtr, Ytr, Xte, alphas, args, device, mem)
@@ -236,6 +246,7 @@ def main(argv=None):
             f"by CPU time {C[ref] / C[mine]:.2f}x and {C[ref] / C['harness_gcv']:.2f}x")
     if "himalaya" in res:
         out.update(himalaya_backend=hb, himalaya_cv=hcv_note)
+    out.update(h2h)
     out.update(sweep)
     peaks = [v for rec in PHASES.values() for kk, v in rec.items() if kk.startswith("peak_rss")]
     out.update(peak_memory_mb={k: {kk: v for kk, v in rec.items() if "mb" in kk} for k, rec in PHASES.items()},
@@ -255,6 +266,31 @@ def main(argv=None):
     log(f"  process peak RSS (ru_maxrss) {out['ru_maxrss_mb']:.0f} MB; total wall {out['total_wall_s']:.1f}s "
         f"(estimated {out['estimated_total_min'] * 60:.0f}s)")
     print(json.dumps(out), flush=True)
+
+
+def head_to_head(Xtr, Ytr, Xte, alphas, hcv, device, args):
+    """``args.repeat`` rounds of harness cv=5 and himalaya cv=5 on the same data, alternating which
+    runs first; per-round wall and CPU times, medians and the ratio of the medians."""
+    log(f"\n[head-to-head] harness cv={K_FOLDS} vs himalaya cv={K_FOLDS}, {args.repeat} rounds, alternating order")
+    runs = {"harness": lambda: run_harness(Xtr, Ytr, Xte, alphas, K_FOLDS, device, args.target_batch),
+            "himalaya": lambda: run_himalaya(Xtr, Ytr, Xte, alphas, hcv)}
+    wall, cpu = {k: [] for k in runs}, {k: [] for k in runs}
+    for r in range(args.repeat):
+        for k in (("harness", "himalaya") if r % 2 == 0 else ("himalaya", "harness")):
+            t0, c0 = time.perf_counter(), time.process_time()
+            runs[k]()
+            _sync(device)
+            wall[k].append(round(time.perf_counter() - t0, 3))
+            cpu[k].append(round(time.process_time() - c0, 3))
+        log(f"  round {r + 1}: harness {wall['harness'][-1]:.2f} s (cpu {cpu['harness'][-1]:.1f}), "
+            f"himalaya {wall['himalaya'][-1]:.2f} s (cpu {cpu['himalaya'][-1]:.1f}); 1-min load {os.getloadavg()[0]:.2f}")
+    med = {k: float(np.median(v)) for k, v in wall.items()}
+    med_cpu = {k: float(np.median(v)) for k, v in cpu.items()}
+    log(f"  median: harness cv={K_FOLDS} {med['harness']:.2f} s, himalaya {med['himalaya']:.2f} s: harness "
+        f"{med['himalaya'] / med['harness']:.2f}x himalaya's speed (by CPU time {med_cpu['himalaya'] / med_cpu['harness']:.2f}x)")
+    return dict(h2h_rounds=args.repeat, h2h_wall_s=wall, h2h_cpu_s=cpu, h2h_median_wall_s=med,
+                h2h_speedup_cv5_vs_himalaya=round(med["himalaya"] / med["harness"], 3),
+                h2h_speedup_cv5_vs_himalaya_cpu_time=round(med_cpu["himalaya"] / med_cpu["harness"], 3))
 
 
 def run_sweep(Xtr, Ytr, Xte, alphas, args, device, mem):

@@ -123,7 +123,8 @@ def _sync(device):
 # -- the three implementations ---------------------------------------------------------
 def run_harness(Xtr, Ytr, Xte, alphas, cv, device, target_batch):
     m = RidgeCV(alphas, cv=cv, device=device, target_batch=target_batch).fit(Xtr, Ytr)
-    run_harness.kept = m.decomposition_.eigvals.numel()  # eigen-directions kept (rank after truncation)
+    if m.decomposition_.eigvals is not None:  # a K-fold fit refitted by Cholesky has none
+        run_harness.kept = m.decomposition_.eigvals.numel()  # eigen-directions kept (rank after truncation)
     return m.predict(Xte), m.best_alphas_.cpu().numpy()
 
 

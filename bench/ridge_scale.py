@@ -6,8 +6,9 @@
     python bench/ridge_scale.py --device cuda --himalaya         # on a GPU (himalaya backend torch_cuda)
 
 Harness ``RidgeCV(cv="gcv")`` (the default mode) on the data of ``bench/ridge.py`` (``make_data``),
-timed end to end (fit + predict on the held-out samples); with ``--himalaya`` also himalaya's
-``KernelRidgeCV(cv=5)`` on the same arrays, in the same process. Peak memory per phase as in
+timed end to end (fit + predict on the held-out samples); with ``--himalaya`` also the harness's
+``cv=5`` and himalaya's ``KernelRidgeCV(cv=5)`` on the same arrays, in the same process, and
+their agreement (largest relative difference of held-out predictions, share of equal α). Peak memory per phase as in
 ``bench/ridge.py`` (process peak RSS on CPU, ``torch.cuda.max_memory_allocated`` on GPU). The
 last stdout line is one JSON object.
 """
@@ -52,18 +53,26 @@ def main(argv=None):
     with phase("harness_gcv", mem):
         pred, _ = run_harness(Xtr, Ytr, Xte, alphas, "gcv", device, args.target_batch)
     del pred
-    backend = None
-    if args.himalaya:
+    backend, agree = None, {}
+    if args.himalaya:  # the same criterion side by side: harness cv=5, then himalaya cv=5
+        run_harness(w[0], w[1], w[0], alphas, K_FOLDS, device, args.target_batch)
+        with phase("harness_cv5", mem):
+            pred, best = run_harness(Xtr, Ytr, Xte, alphas, K_FOLDS, device, args.target_batch)
         backend = set_himalaya_backend(device)
         run_himalaya(w[0], w[1], w[0], alphas, K_FOLDS)
         with phase("himalaya_cv5", mem):
-            run_himalaya(Xtr, Ytr, Xte, alphas, K_FOLDS)
+            hpred, hbest = run_himalaya(Xtr, Ytr, Xte, alphas, K_FOLDS)
+        agree = dict(max_rel_pred_diff_cv5_vs_himalaya=float(np.abs(pred - hpred).max() / np.abs(hpred).max()),
+                     same_alpha_share=float(np.isclose(best, hbest, rtol=1e-4).mean()))
+        log(f"  harness cv={K_FOLDS} vs himalaya: max rel pred diff {agree['max_rel_pred_diff_cv5_vs_himalaya']:.2e}, "
+            f"same alpha for {100 * agree['same_alpha_share']:.2f} % of targets")
+        del pred, hpred
     inputs_mb = (Xtr.nbytes + Ytr.nbytes + Xte.nbytes + Yte.nbytes) / 2 ** 20
     for k, rec in PHASES.items():
         log(f"  {k:13s} {rec['seconds']:8.1f} s wall (cpu {rec['cpu_seconds']:.1f} s); " +
             ", ".join(f"{kk} {v:.0f}" for kk, v in rec.items() if "mb" in kk))
     out = dict(n=n, p=p, t=t, n_test=n_test, n_alphas=len(alphas), device=name, himalaya_backend=backend,
-               torch_threads=torch.get_num_threads(), inputs_mb=round(inputs_mb, 1), phases=PHASES,
+               torch_threads=torch.get_num_threads(), inputs_mb=round(inputs_mb, 1), phases=PHASES, **agree,
                load_avg_1m_end=round(os.getloadavg()[0], 2))
     log(f"  inputs (X, Y train + test, float32) {inputs_mb:.0f} MB; 1-min load at the end {out['load_avg_1m_end']}")
     print(json.dumps(out), flush=True)

@@ -12,6 +12,11 @@ n×k×t product. The intercept is unpenalised: X and Y are centred and the hat m
 The refit needs no grouping by α: ``W = Xcᵀ U (Q ⊙ 1/(s+α_t))`` (dual) or
 ``V (Q ⊙ √s/(s+α_t))`` (primal), computed per target batch.
 
+K-fold CV needs no decomposition of the whole training set: its folds come from one Gram
+matrix, and the refit solves ``(G + αI) S = R`` by one Cholesky per distinct chosen α (targets
+grouped by α; a Cholesky costs a 6th to a 24th of an eigendecomposition), falling back to the
+eigendecomposition when more than ``REFIT_CHOLESKY_MAX`` distinct α were chosen.
+
 The :class:`Decomposition` is reusable: a sweep over α ranges on fixed features computes it
 once (``RidgeCV(...).fit(X, Y, decomposition=d)``).
 """
@@ -27,6 +32,7 @@ from .errors import ConfigError, DataError
 DEFAULT_ALPHAS = tuple(float(a) for a in np.logspace(-2, 7, 10))
 DTYPE = torch.float32  # fits, predictions and per-α errors (recorded in results' provenance)
 EIG_DTYPE = torch.float64  # Gram matrix and eigensolver (see Decomposition.of)
+GRAM_BLOCK_BYTES = 64 * 2 ** 20  # float64 copy of the features held at once while forming the Gram
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -42,22 +48,30 @@ def _as_tensor(a, device, dtype) -> torch.Tensor:
 
 
 def _check_finite(name: str, t: torch.Tensor) -> None:
-    if not torch.isfinite(t).all():
-        bad = (~torch.isfinite(t)).nonzero()[0].tolist()
-        raise DataError(f"{name} contains NaN or inf (first at index {bad}); clean or drop those columns first")
+    step = max(1, 2 ** 26 // max(1, t[0].numel()))  # rows per check: no boolean copy of all of t
+    for start in range(0, t.shape[0], step):
+        part = t[start:start + step]
+        if not torch.isfinite(part).all():
+            bad = (~torch.isfinite(part)).nonzero()[0].tolist()
+            bad[0] += start
+            raise DataError(f"{name} contains NaN or inf (first at index {bad}); clean or drop those columns first")
 
 
 @dataclass
 class Decomposition:
-    """Eigendecomposition of the centred training features, reusable across α and targets."""
+    """Eigendecomposition of the centred training features, reusable across α and targets.
+
+    ``eigvals``/``eigvecs`` are None until :meth:`eigen` computes them (a K-fold fit builds the
+    Decomposition without them: it needs only the Gram matrix)."""
 
     mode: str  # "dual" or "primal"
     X_mean: torch.Tensor  # (p,)
     Xc: torch.Tensor  # (n, p) centred features (needed for the dual refit and primal U)
-    eigvals: torch.Tensor  # (k,) ≥ 0
-    eigvecs: torch.Tensor  # dual: U (n, k); primal: V (p, k)
+    eigvals: torch.Tensor | None  # (k,) ≥ 0
+    eigvecs: torch.Tensor | None  # dual: U (n, k); primal: V (p, k)
     fit_intercept: bool
-    gram: torch.Tensor | None = None  # dual float64 Gram, kept only on request (K-fold reuses it)
+    gram: torch.Tensor | None = None  # float64 Gram (dual Xc Xcᵀ, primal Xcᵀ Xc), kept only on request
+    eig_dtype: torch.dtype = EIG_DTYPE
 
     @property
     def n_samples(self) -> int:
@@ -70,12 +84,45 @@ class Decomposition:
         inv_sqrt = torch.where(self.eigvals > 0, self.eigvals.clamp_min(1e-30).rsqrt(), torch.zeros_like(self.eigvals))
         return (self.Xc @ self.eigvecs) * inv_sqrt
 
+    def gram_matrix(self) -> torch.Tensor:
+        """The kept Gram matrix, or a fresh one (``eig_dtype``): ``Xc Xcᵀ`` (dual) or ``Xcᵀ Xc`` (primal)."""
+        if self.gram is not None:
+            return self.gram
+        # Gram matrix and eigensolver in float64: with correlated features the small eigenvalues
+        # (where α acts) sit far below the large ones; a float32 Gram blurs them into the null
+        # space of the centring. The O(n·t) and O(n·k·t) work per α and target stays in ``dtype``.
+        # G = Bᵀ B summed over row blocks of B (Xc primal, Xcᵀ dual): no float64 copy of all of Xc.
+        B = self.Xc if self.mode == "primal" else self.Xc.T
+        G = torch.zeros(B.shape[1], B.shape[1], dtype=self.eig_dtype, device=B.device)
+        step = max(64, GRAM_BLOCK_BYTES // (8 * B.shape[1]))
+        for start in range(0, B.shape[0], step):
+            block = B[start:start + step].to(self.eig_dtype)
+            G.addmm_(block.T, block)
+        return G
+
+    def eigen(self, min_alpha: float | None = None) -> "Decomposition":
+        """Compute the eigenpairs if missing. ``min_alpha``: the smallest α the fit will use, if
+        known; then a dual decomposition is first tried in the features' dtype and kept if its
+        error bound allows that α (see ``_fold_solvers``)."""
+        if self.eigvals is not None:
+            return self
+        gram, dtype = self.gram_matrix(), self.Xc.dtype
+        s = None
+        if min_alpha is not None and self.mode == "dual" and dtype != self.eig_dtype:
+            s, vecs = _eig(gram.to(dtype), dtype)
+            if _eig_error_bound(s, dtype, min_alpha) > FOLD_EIG_TOL:
+                s = None  # too ill-conditioned for ``dtype``: decompose in ``eig_dtype``
+        if s is None:
+            s, vecs = _eig(gram, dtype)
+        self.eigvals, self.eigvecs = s, vecs
+        return self
+
     @classmethod
     def of(cls, X, *, fit_intercept: bool = True, solver: str = "auto", device=None,
            dtype=DTYPE, eig_dtype=EIG_DTYPE, keep_gram: bool = False,
-           min_alpha: float | None = None) -> "Decomposition":
-        """``min_alpha``: the smallest α the fit will use, if known; then a dual decomposition is
-        first tried in ``dtype`` and kept if its error bound allows that α (see ``_fold_solvers``)."""
+           min_alpha: float | None = None, eigen: bool = True) -> "Decomposition":
+        """``eigen=False``: only centre (and with ``keep_gram`` compute the Gram matrix); the
+        eigenpairs follow on demand (:meth:`eigen`). ``min_alpha``: see :meth:`eigen`."""
         device = resolve_device(device)
         X = _as_tensor(X, device, dtype)
         if X.ndim != 2:
@@ -86,29 +133,21 @@ class Decomposition:
         if mode not in ("dual", "primal"):
             raise ConfigError(f"ridge solver must be 'auto', 'dual' or 'primal', got {solver!r}")
         X_mean = X.mean(0) if fit_intercept else torch.zeros(p, device=device, dtype=dtype)
-        Xc = X - X_mean
-        # Gram matrix and eigensolver in float64: with correlated features the small eigenvalues
-        # (where α acts) sit far below the large ones; a float32 Gram blurs them into the null
-        # space of the centring. Only directions below the input's own precision are dropped; a
-        # tolerance scaled by max(n, p) once dropped real directions (2 % error vs scikit-learn).
-        # The O(n·t) and O(n·k·t) work per α and target stays in ``dtype``.
-        X64 = Xc.to(eig_dtype)
-        gram = X64 @ X64.T if mode == "dual" else X64.T @ X64
-        del X64
-        s = None
-        if min_alpha is not None and mode == "dual" and dtype != eig_dtype:
-            s, vecs = _eig(gram.to(dtype), dtype)
-            if _eig_error_bound(s, dtype, min_alpha) > FOLD_EIG_TOL:
-                s = None  # too ill-conditioned for ``dtype``: decompose in ``eig_dtype``
-        if s is None:
-            s, vecs = _eig(gram, dtype)
-        return cls(mode, X_mean, Xc, s, vecs, fit_intercept, gram if keep_gram and mode == "dual" else None)
+        d = cls(mode, X_mean, X - X_mean, None, None, fit_intercept, eig_dtype=eig_dtype)
+        if keep_gram or eigen:
+            d.gram = d.gram_matrix()
+        if eigen:
+            d.eigen(min_alpha)
+        if not keep_gram:
+            d.gram = None
+        return d
 
 
 def _eig(gram: torch.Tensor, dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """Eigenpairs of a (float64) Gram matrix without its null space, cast to ``dtype``."""
     s, vecs = torch.linalg.eigh(gram)
-    # Null space only: directions below the input precision (e.g. the centring direction).
+    # Null space only: directions below the input precision (e.g. the centring direction). A
+    # tolerance scaled by max(n, p) once dropped real directions (2 % error vs scikit-learn).
     tol = s.max().clamp_min(0) * torch.finfo(dtype).eps
     keep = s > tol  # drop the null space: it carries no fit and only costs time
     return s[keep].to(dtype), vecs[:, keep].to(dtype)
@@ -161,8 +200,7 @@ class RidgeCV:
         device = resolve_device(self.device) if decomposition is None else decomposition.Xc.device
         kfold = self.cv not in ("gcv", "loo")  # GCV/LOO read every α from one decomposition: always float64
         d = decomposition or Decomposition.of(X, fit_intercept=self.fit_intercept, solver=self.solver, device=device,
-                                               dtype=self.dtype, keep_gram=kfold,
-                                               min_alpha=float(self._alphas(device).min()) if kfold else None)
+                                               dtype=self.dtype, keep_gram=kfold, eigen=not kfold)
         Y = _as_tensor(Y, device, self.dtype)
         if Y.ndim == 1:
             Y = Y[:, None]
@@ -172,28 +210,40 @@ class RidgeCV:
         cv = self._check_cv(d.n_samples)
         alphas = self._alphas(device)
         Y_mean = Y.mean(0) if d.fit_intercept else torch.zeros(Y.shape[1], device=device, dtype=self.dtype)
-
-        if isinstance(cv, int):
-            errors = self._kfold_errors(X, Y, cv, alphas, device, d.fit_intercept, d.mode, d.gram)
-            d.gram = None
-        else:
-            errors = torch.empty(len(alphas), Y.shape[1], device=device, dtype=self.dtype)
-        U = d.left_vectors()
         p = d.Xc.shape[1]
         coef = torch.empty(p, Y.shape[1], device=device, dtype=self.dtype)
         step = self.target_batch or Y.shape[1]
-        for start in range(0, Y.shape[1], step):
-            sl = slice(start, start + step)
-            Yc = Y[:, sl] - Y_mean[sl]
-            Q = U.T @ Yc
-            if not isinstance(cv, int):
-                errors[:, sl] = _efficient_cv_errors(d, U, Q, Yc, alphas, loo=(cv == "loo"))
-            best = alphas[errors[:, sl].argmin(0)]
-            scale = 1.0 / (d.eigvals[:, None] + best[None, :])
-            if d.mode == "dual":
-                coef[:, sl] = d.Xc.T @ (U @ (Q * scale))
-            else:
-                coef[:, sl] = d.eigvecs @ (Q * (scale * d.eigvals.sqrt()[:, None]))
+        refitted = False
+        if isinstance(cv, int):
+            # one Gram for the folds (dual) and the Cholesky refit; dropped after this fit
+            gram = d.gram_matrix() if d.mode == "dual" or d.eigvals is None else None
+            d.gram = None
+            errors = self._kfold_errors(X, Y, cv, alphas, device, d.fit_intercept, d.mode, gram)
+            chosen = errors.argmin(0)
+            if d.eigvals is None:
+                refitted = _cholesky_refit(d, gram, Y, Y_mean, chosen, alphas, coef, step)
+                if not refitted:
+                    d.gram = gram  # the eigendecomposition below reuses it
+                    d.eigen(min_alpha=float(alphas[chosen.unique()].min()))
+                    d.gram = None
+            del gram
+        else:
+            errors = torch.empty(len(alphas), Y.shape[1], device=device, dtype=self.dtype)
+            d.eigen()  # no-op unless the decomposition came from a K-fold fit
+        if not refitted:
+            U = d.left_vectors()
+            for start in range(0, Y.shape[1], step):
+                sl = slice(start, start + step)
+                Yc = Y[:, sl] - Y_mean[sl]
+                Q = U.T @ Yc
+                if not isinstance(cv, int):
+                    errors[:, sl] = _efficient_cv_errors(d, U, Q, Yc, alphas, loo=(cv == "loo"))
+                del Yc  # the refit needs only Q, scaled in place (peak memory: one batch's worth less)
+                Q.mul_(1.0 / (d.eigvals[:, None] + alphas[errors[:, sl].argmin(0)][None, :]))
+                if d.mode == "dual":
+                    coef[:, sl] = d.Xc.T @ (U @ Q)
+                else:
+                    coef[:, sl] = d.eigvecs @ Q.mul_(d.eigvals.sqrt()[:, None])
         self.decomposition_ = d
         self.cv_errors_ = errors
         self.best_alphas_ = alphas[errors.argmin(0)]
@@ -201,22 +251,19 @@ class RidgeCV:
         self.intercept_ = Y_mean - d.X_mean @ coef
         return self
 
-    def _kfold_errors(self, X, Y, k, alphas, device, fit_intercept, solver, gram=None) -> torch.Tensor:
+    def _kfold_errors(self, X, Y, k, alphas, device, fit_intercept, mode, gram=None) -> torch.Tensor:
         """Mean over K contiguous folds of the per-fold mean squared validation error (himalaya's
-        criterion), per α and target, with the decomposition's intercept and solver settings.
-        ``gram``: the dual Gram of X as centred (or not) by the decomposition, if it kept it."""
-        X = _as_tensor(X, device, self.dtype)
-        n = X.shape[0]
+        criterion), per α and target, with the decomposition's intercept and mode ("dual" or
+        "primal"). Dual: ``gram`` is the Gram of X as centred (or not) by the decomposition; one
+        for all folds (any common shift of the rows is fine: the fold centring in _fold_solvers
+        is exact), X is not read. Primal: each fold decomposes its own rows of X."""
+        dual = mode == "dual"
+        if not dual:
+            X = _as_tensor(X, device, self.dtype)
+        n = Y.shape[0]
         errors = torch.zeros(len(alphas), Y.shape[1], device=device, dtype=self.dtype)
         # Contiguous folds, the n % k extra samples in the first folds (scikit-learn's KFold).
         bounds = np.concatenate([[0], np.cumsum([n // k + (i < n % k) for i in range(k)])])
-        dual = (n < X.shape[1]) if solver == "auto" else solver == "dual"
-        if dual and gram is None:  # one n × n Gram for all folds; each fold's centred kernels come from it
-            # as Decomposition.of computes it (then reuse gives the same numbers); any common
-            # shift of the rows is fine: the fold centring in _fold_solvers is exact
-            X64 = (X - X.mean(0) if fit_intercept else X).to(torch.float64)
-            gram = X64 @ X64.T
-            del X64
         for lo, hi in zip(bounds[:-1], bounds[1:]):
             val = torch.zeros(n, dtype=torch.bool, device=device)
             val[lo:hi] = True
@@ -224,7 +271,7 @@ class RidgeCV:
             if dual:
                 eigvals, U, proj, exact = _fold_solvers(gram, val, fit_intercept, alphas, self.dtype)
             else:
-                d = Decomposition.of(X[~val], fit_intercept=fit_intercept, solver=solver, device=device,
+                d = Decomposition.of(X[~val], fit_intercept=fit_intercept, solver="primal", device=device,
                                      dtype=self.dtype)
                 eigvals, U = d.eigvals, d.left_vectors()
                 proj = (X[val] - d.X_mean) @ d.eigvecs  # (n_val, k)
@@ -255,6 +302,48 @@ class RidgeCV:
 
 
 FOLD_EIG_TOL = 3e-4  # largest relative error bound accepted from K-fold eigenpairs in ``dtype``
+REFIT_CHOLESKY_MAX = 6
+"""Most distinct chosen α refitted by one Cholesky each; more: one eigendecomposition instead.
+Measured on the 2-core development machine (n 1,000-4,000): a float64 Cholesky of the Gram costs
+1/6-1/10 of a float32 ``eigh`` and 1/11-1/24 of a float64 one (the solves cost the same either way)."""
+
+
+def _cholesky_refit(d: Decomposition, gram: torch.Tensor, Y, Y_mean, chosen, alphas, coef, step) -> bool:
+    """Refit with each target's chosen α, one Cholesky of ``G + αI`` per distinct α (targets grouped
+    by α): dual ``W = Xcᵀ (K + αI)⁻¹ Yc``; primal ``W = (XcᵀXc + αI)⁻¹ Xcᵀ Yc``. The factor is in
+    the features' dtype where the error bound ``eps·tr(G)/α`` (tr(G) ≥ λ_max: the bound of
+    ``_eig_error_bound``, looser) is within ``FOLD_EIG_TOL``, else in float64. Writes ``coef``;
+    returns False (nothing usable written) when more than ``REFIT_CHOLESKY_MAX`` distinct α were
+    chosen or a factorisation failed (G + αI numerically singular)."""
+    groups = chosen.unique().tolist()
+    if len(groups) > REFIT_CHOLESKY_MAX:
+        return False
+    dtype = coef.dtype
+    diag = gram.diagonal()
+    diag0, trace = diag.clone(), float(diag.sum())
+    try:
+        for i in groups:
+            a = float(alphas[i])
+            diag.copy_(diag0 + a)  # G + αI in place (restored exactly below): no second n × n copy
+            fdtype = dtype if float(torch.finfo(dtype).eps) * trace / a <= FOLD_EIG_TOL else gram.dtype
+            L, info = torch.linalg.cholesky_ex(gram.to(fdtype))
+            if info and fdtype != gram.dtype:
+                fdtype = gram.dtype
+                L, info = torch.linalg.cholesky_ex(gram)
+            if info:
+                return False
+            cols = (chosen == i).nonzero().flatten()
+            for start in range(0, len(cols), step):
+                idx = cols[start:start + step]
+                R = Y[:, idx] - Y_mean[idx]
+                if d.mode == "primal":
+                    R = d.Xc.T @ R
+                S = torch.cholesky_solve(R.to(fdtype), L).to(dtype)
+                coef[:, idx] = d.Xc.T @ S if d.mode == "dual" else S
+            del L
+    finally:
+        diag.copy_(diag0)
+    return True
 
 
 def _eig_error_bound(eigvals: torch.Tensor, dtype, alphas):
@@ -297,7 +386,7 @@ def _efficient_cv_errors(d: Decomposition, U, Q, Yc, alphas, loo: bool) -> torch
     n = d.n_samples
     s = d.eigvals[:, None]
     # Part of Yc outside span(U): residual at every α (e.g. primal with n > p).
-    outside = (Yc * Yc).sum(0) - (Q * Q).sum(0)
+    outside = torch.linalg.vector_norm(Yc, dim=0).square() - (Q * Q).sum(0)  # no n × t temporary
     out = torch.empty(len(alphas), Yc.shape[1], device=Yc.device, dtype=Yc.dtype)
     base = 1.0 / n if d.fit_intercept else 0.0
     if loo:

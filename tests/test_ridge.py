@@ -182,6 +182,44 @@ def test_kfold_float32_matches_float64_sklearn_selection_on_correlated_features(
     assert np.abs(plain.cv_errors_.numpy() / mse - 1).max() > 1e-2
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize("shape", ["dual", "primal"])
+def test_kfold_refit_equals_sklearn_ridge_per_alpha_group(shape, dtype, monkeypatch):
+    """The K-fold refit (one Cholesky of G + αI per distinct chosen α, targets grouped by α, no
+    eigendecomposition) equals scikit-learn's float64 Ridge fitted on each group of targets at
+    its α; so does the eigendecomposition refit used when too many distinct α were chosen."""
+    import brainharness.ridge as ridge
+    from sklearn.linear_model import Ridge
+
+    if shape == "dual":  # ill-conditioned fold kernels: float32 and float64 factors both in use
+        X, Y, Xt = _correlated(t=30)
+        alphas = np.logspace(-6, 2, 9)
+    else:
+        X, Y, Xt = (a.astype(np.float32) for a in make(80, 20, t=30, seed=7))
+        alphas = ALPHAS[::2]  # 6 α: at most REFIT_CHOLESKY_MAX distinct choices
+    np_dtype = np.float32 if dtype == torch.float32 else np.float64
+    h = RidgeCV(alphas, cv=5, dtype=dtype).fit(X.astype(np_dtype), Y.astype(np_dtype))
+    assert h.decomposition_.mode == shape and h.decomposition_.eigvals is None  # the Cholesky refit ran
+    best = h.best_alphas_.numpy()
+    groups = np.unique(best)
+    assert 3 <= len(groups) <= ridge.REFIT_CHOLESKY_MAX
+    ref_pred, ref_coef = np.empty((len(Xt), Y.shape[1])), np.empty((X.shape[1], Y.shape[1]))
+    for a in groups:
+        cols = best == a
+        r = Ridge(alpha=float(a), solver="cholesky").fit(X.astype(np.float64), Y[:, cols].astype(np.float64))
+        ref_pred[:, cols] = r.predict(Xt.astype(np.float64)).reshape(len(Xt), -1)
+        ref_coef[:, cols] = r.coef_.reshape(cols.sum(), -1).T
+    tol = 1e-4 if dtype == torch.float32 else 1e-9
+    assert rel(h.predict(Xt.astype(np_dtype)), ref_pred) < tol
+    if shape == "primal" or dtype == F64:  # dual float32: tiny α on a null-ish spectrum, predictions only
+        assert rel(h.coef_.numpy(), ref_coef) < 10 * tol
+    monkeypatch.setattr(ridge, "REFIT_CHOLESKY_MAX", 0)  # force the eigendecomposition refit
+    e = RidgeCV(alphas, cv=5, dtype=dtype).fit(X.astype(np_dtype), Y.astype(np_dtype))
+    assert e.decomposition_.eigvals is not None
+    np.testing.assert_array_equal(e.best_alphas_.numpy(), best)
+    assert rel(e.predict(Xt.astype(np_dtype)), ref_pred) < tol
+
+
 @pytest.mark.parametrize("cv", ["gcv", "loo", 3])
 def test_decomposition_reuse_equals_fresh_fit(cv):
     X, Y, Xt = make(30, 60, seed=4)
@@ -192,7 +230,7 @@ def test_decomposition_reuse_equals_fresh_fit(cv):
         assert reused.decomposition_ is d
         assert torch.equal(reused.cv_errors_, fresh.cv_errors_)
         assert torch.equal(reused.best_alphas_, fresh.best_alphas_)
-        if cv == 3:  # a fresh K-fold fit may refit from a float32 decomposition (reuse: float64)
+        if cv == 3:  # a fresh K-fold fit refits by Cholesky per α; reuse: from the float64 eigenpairs
             assert rel(reused.predict(Xt), fresh.predict(Xt)) < 1e-5
             continue
         assert torch.equal(reused.coef_, fresh.coef_)
