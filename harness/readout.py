@@ -91,7 +91,8 @@ def fit_ridge(p: dict, ctx: TaskContext, X_fit, Y_fit, X_score, source: tuple, f
         X_fit, X_score = standardise(X_fit, X_score)
     model = ridge_model(p, ctx.device)
     key = decomposition_key(p, ctx, source, fit_ids)
-    model.fit(X_fit, Y_fit, decomposition=ctx.memo.get(key))
+    # PCA and standardising made X_fit here: the ridge may centre it in place (one copy fewer)
+    model.fit(X_fit, Y_fit, decomposition=ctx.memo.get(key), overwrite_X=bool(p["pca"] or p["standardize"]))
     if keep:
         ctx.memo[key] = model.decomposition_
     return model, model.predict(X_score)

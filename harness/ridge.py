@@ -32,6 +32,7 @@ from .errors import ConfigError, DataError
 DEFAULT_ALPHAS = tuple(float(a) for a in np.logspace(-2, 7, 10))
 DTYPE = torch.float32  # fits, predictions and per-α errors (recorded in results' provenance)
 EIG_DTYPE = torch.float64  # Gram matrix and eigensolver (see Decomposition.of)
+BATCH_BYTES = 64 * 2 ** 20  # one n × target-batch float32 temporary of the GCV/LOO pass and refit
 GRAM_BLOCK_BYTES = 64 * 2 ** 20  # float64 copy of the features held at once while forming the Gram
 
 
@@ -48,7 +49,7 @@ def _as_tensor(a, device, dtype) -> torch.Tensor:
 
 
 def _check_finite(name: str, t: torch.Tensor) -> None:
-    step = max(1, 2 ** 26 // max(1, t[0].numel()))  # rows per check: no boolean copy of all of t
+    step = max(1, 2 ** 22 // max(1, t[0].numel()))  # rows per check (isfinite makes float temporaries)
     for start in range(0, t.shape[0], step):
         part = t[start:start + step]
         if not torch.isfinite(part).all():
@@ -120,9 +121,11 @@ class Decomposition:
     @classmethod
     def of(cls, X, *, fit_intercept: bool = True, solver: str = "auto", device=None,
            dtype=DTYPE, eig_dtype=EIG_DTYPE, keep_gram: bool = False,
-           min_alpha: float | None = None, eigen: bool = True) -> "Decomposition":
+           min_alpha: float | None = None, eigen: bool = True, overwrite_X: bool = False) -> "Decomposition":
         """``eigen=False``: only centre (and with ``keep_gram`` compute the Gram matrix); the
-        eigenpairs follow on demand (:meth:`eigen`). ``min_alpha``: see :meth:`eigen`."""
+        eigenpairs follow on demand (:meth:`eigen`). ``min_alpha``: see :meth:`eigen`.
+        ``overwrite_X``: centre ``X`` in place when it is already a ``dtype`` array on ``device``
+        (the caller's array then holds the centred features)."""
         device = resolve_device(device)
         X = _as_tensor(X, device, dtype)
         if X.ndim != 2:
@@ -133,7 +136,8 @@ class Decomposition:
         if mode not in ("dual", "primal"):
             raise ConfigError(f"ridge solver must be 'auto', 'dual' or 'primal', got {solver!r}")
         X_mean = X.mean(0) if fit_intercept else torch.zeros(p, device=device, dtype=dtype)
-        d = cls(mode, X_mean, X - X_mean, None, None, fit_intercept, eig_dtype=eig_dtype)
+        d = cls(mode, X_mean, X.sub_(X_mean) if overwrite_X else X - X_mean, None, None, fit_intercept,
+                eig_dtype=eig_dtype)
         if keep_gram or eigen:
             d.gram = d.gram_matrix()
         if eigen:
@@ -196,11 +200,14 @@ class RidgeCV:
         raise ConfigError(f"ridge cv must be 'gcv', 'loo' or an int K in [2, n_samples], got {self.cv!r}")
 
     # -- fitting ---------------------------------------------------------------------
-    def fit(self, X, Y, decomposition: Decomposition | None = None) -> "RidgeCV":
+    def fit(self, X, Y, decomposition: Decomposition | None = None, overwrite_X: bool = False) -> "RidgeCV":
+        """``overwrite_X``: ``X`` (a float32 array or tensor the caller no longer needs) may be
+        centred in place, saving a copy of the features (see :meth:`Decomposition.of`)."""
         device = resolve_device(self.device) if decomposition is None else decomposition.Xc.device
         kfold = self.cv not in ("gcv", "loo")  # GCV/LOO read every α from one decomposition: always float64
         d = decomposition or Decomposition.of(X, fit_intercept=self.fit_intercept, solver=self.solver, device=device,
-                                               dtype=self.dtype, keep_gram=kfold, eigen=not kfold)
+                                               dtype=self.dtype, keep_gram=kfold, eigen=not kfold,
+                                               overwrite_X=overwrite_X)
         Y = _as_tensor(Y, device, self.dtype)
         if Y.ndim == 1:
             Y = Y[:, None]
@@ -212,7 +219,8 @@ class RidgeCV:
         Y_mean = Y.mean(0) if d.fit_intercept else torch.zeros(Y.shape[1], device=device, dtype=self.dtype)
         p = d.Xc.shape[1]
         coef = torch.empty(p, Y.shape[1], device=device, dtype=self.dtype)
-        step = self.target_batch or Y.shape[1]
+        # targets per batch: at most target_batch, and a batch's n × batch temporaries ≤ BATCH_BYTES each
+        step = max(256, min(self.target_batch or Y.shape[1], BATCH_BYTES // (4 * d.n_samples)))
         refitted = False
         if isinstance(cv, int):
             # one Gram for the folds (dual) and the Cholesky refit; dropped after this fit

@@ -172,5 +172,13 @@ def standardise(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
     """
     mu, sd = column_scale(train)
     bound = float(np.sqrt(max(len(train) - 1, 1)))
-    return [((train - mu) / sd).astype(np.float32)] + [
-        np.clip((a - mu) / sd, -bound, bound).astype(np.float32) for a in others]
+
+    def z(a: np.ndarray, clip: bool) -> np.ndarray:  # in row blocks: no float64 copy of all of ``a``
+        out = np.empty(a.shape, dtype=np.float32)
+        step = max(1, 2 ** 23 // max(1, a[0].size))
+        for i in range(0, len(a), step):
+            block = (a[i:i + step] - mu) / sd
+            out[i:i + step] = np.clip(block, -bound, bound) if clip else block
+        return out
+
+    return [z(train, False)] + [z(a, True) for a in others]

@@ -33,13 +33,16 @@ def images_digest(stim_ids) -> str:
     return hashlib.sha256(np.asarray(stim_ids, dtype=np.int64).tobytes()).hexdigest()[:16]
 
 
-def _standardised(x: np.ndarray) -> np.ndarray:
+def _standardise_into(out: np.ndarray, x: np.ndarray) -> None:
     # Centre and scale each column once (r is invariant to both): the resampled moments are then
     # O(1) numbers and float32 matrix products lose nothing that matters for an interval.
-    x = np.asarray(x, dtype=np.float64)
-    x = x - x.mean(0)
-    sd = x.std(0)
-    return (x / np.where(sd > 0, sd, 1.0)).astype(np.float32)
+    step = max(1, _CELLS_PER_BATCH // max(1, len(x)))  # columns at a time: no float64 copy of all of x
+    for j in range(0, x.shape[1], step):
+        block = np.array(x[:, j:j + step], dtype=np.float64)
+        block -= block.mean(0)
+        sd = block.std(0)
+        block /= np.where(sd > 0, sd, 1.0)
+        out[:, j:j + step] = block
 
 
 def resampled_r(pred: np.ndarray, actual: np.ndarray, n_boot: int, seed: int):
@@ -49,14 +52,17 @@ def resampled_r(pred: np.ndarray, actual: np.ndarray, n_boot: int, seed: int):
         raise DataError(f"prediction shape {pred.shape} differs from response shape {actual.shape}")
     n, v = pred.shape
     idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
-    P, A = _standardised(pred), _standardised(actual)
-    moments = np.stack([P, A, P * P, A * A, P * A])  # 5 × n × v: one product per moment
+    P, A = np.empty((n, v), dtype=np.float32), np.empty((n, v), dtype=np.float32)
+    _standardise_into(P, pred)
+    _standardise_into(A, actual)
+    # the products P², A², PA are formed per batch, one at a time: 2 matrices held, not 5
+    moments = (lambda: P, lambda: A, lambda: P * P, lambda: A * A, lambda: P * A)
     step = max(1, min(n_boot, _CELLS_PER_BATCH // max(v, 1)))
     for first in range(0, n_boot, step):
         b = min(step, n_boot - first)
         counts = np.bincount((idx[first:first + b] + n * np.arange(b)[:, None]).ravel(), minlength=b * n)
         w = counts.reshape(b, n).astype(np.float32) / n
-        sp, sa, spp, saa, spa = (w @ m for m in moments)
+        sp, sa, spp, saa, spa = (w @ m() for m in moments)
         var_p, var_a = spp - sp * sp, saa - sa * sa
         denom = np.sqrt(np.clip(var_p, 0, None) * np.clip(var_a, 0, None))
         with np.errstate(invalid="ignore", divide="ignore"):
