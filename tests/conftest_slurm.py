@@ -175,7 +175,14 @@ if pytest is not None:
                     os.environ["SLURM_CONF"] = old
 
 
+def _stop_on(signum, frame):
+    raise KeyboardInterrupt
+
+
 if __name__ == "__main__":
+    # Ctrl-C, or SIGINT/SIGTERM from another process (a background job ignores SIGINT unless told)
+    signal.signal(signal.SIGINT, _stop_on)
+    signal.signal(signal.SIGTERM, _stop_on)
     with SlurmCluster() as c:
         print(f"cluster up in {c.seconds_to_start:.1f} s\nexport SLURM_CONF={c.env['SLURM_CONF']}", flush=True)
         try:
