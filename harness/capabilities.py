@@ -32,6 +32,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 import numpy as np
 
 from . import registry
+from .config import spec_label
 from .errors import ConfigError
 
 
@@ -264,7 +265,7 @@ class _Party:
     def of(cls, kind: str, spec: dict) -> "_Party":
         plugin = (registry.backbones if kind == "backbone" else registry.datasets).get(spec["name"])
         params = {k: v for k, v in spec.items() if k not in ("name", "label")}
-        return cls(kind, spec.get("label") or spec["name"], spec["name"], frozenset(plugin.provides_for(params)),
+        return cls(kind, spec_label(spec), spec["name"], frozenset(plugin.provides_for(params)),
                    tuple(plugin.provides))
 
     def lacks(self, capability: Capability) -> str | None:
@@ -302,4 +303,4 @@ def check_config(cfg: dict, tasks: Sequence[tuple[dict, Any]]) -> None:
     spec with its constructed task. Imports plugin classes only: no data, model or folder."""
     for spec, task in tasks:
         for backbone in cfg["backbones"]:
-            check_unit(spec.get("label") or spec["name"], task, backbone, cfg["dataset"])
+            check_unit(spec_label(spec), task, backbone, cfg["dataset"])

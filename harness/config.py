@@ -25,11 +25,18 @@ from pathlib import Path
 import yaml
 
 from .errors import ConfigError, DataError
+from .params import resolve_params
 from .results import POLICIES
+from .slurm import OPTIONS as SLURM_OPTIONS
 
 TOP_LEVEL = {"experiment", "seed", "device", "results_dir", "cache_dir", "policy", "dataset", "subjects",
              "backbones", "tasks", "tracking", "sweep", "description", "slurm"}
 WANDB_MODES = ("offline", "online", "disabled")
+
+
+def spec_label(spec: dict) -> str:
+    """The row name of a backbone or task entry: its ``label``, else its plugin ``name``."""
+    return spec.get("label") or spec["name"]
 
 
 def load_config(source: str | Path | dict) -> dict:
@@ -124,11 +131,8 @@ def resolve(raw: dict, base: Path | None = None) -> dict:
     if "sweep" in raw:
         cfg["sweep"] = dict(raw["sweep"] or {})
     if raw.get("slurm") is not None:
-        from .params import resolve_params
-        from .slurm import OPTIONS
-
         if not isinstance(raw["slurm"], dict):
             raise ConfigError(f"'slurm' must be a mapping of options, got {raw['slurm']!r}")
-        cfg["slurm"] = {k: v for k, v in raw["slurm"].items()}
-        resolve_params("slurm", OPTIONS, cfg["slurm"])  # checked now, applied with --launcher slurm
+        cfg["slurm"] = dict(raw["slurm"])
+        resolve_params("slurm", SLURM_OPTIONS, cfg["slurm"])  # checked now, applied with --launcher slurm
     return cfg

@@ -15,7 +15,7 @@ import numpy as np
 
 from . import registry
 from .backbone import Backbone
-from .config import load_config
+from .config import load_config, spec_label
 from .data import Dataset
 from .errors import ConfigError, HarnessError
 from .cache import cache_root
@@ -32,10 +32,6 @@ from .threads import torch_threads
 from .tracking import log_result
 
 log = logging.getLogger(__name__)
-
-
-def _label(spec: dict) -> str:
-    return spec.get("label") or spec["name"]
 
 
 @dataclass
@@ -55,7 +51,7 @@ class Runner:
         self.cfg = load_config(config)  # idempotent on an already resolved config
         self.progress = progress
         for kind, specs in (("backbone", self.cfg["backbones"]), ("task", self.cfg["tasks"])):
-            labels = [_label(s) for s in specs]
+            labels = [spec_label(s) for s in specs]
             dup = {x for x in labels if labels.count(x) > 1}
             if dup:
                 raise ConfigError(f"two {kind}s share the label {sorted(dup)[0]!r}: give each a distinct 'label'")
@@ -105,10 +101,10 @@ class Runner:
         n = self.n_train()
         if n is not None:
             for spec in self.cfg["tasks"]:
-                check_pca([self.task(spec).p.get("pca")], n, f"task {_label(spec)}")
+                check_pca([self.task(spec).p.get("pca")], n, f"task {spec_label(spec)}")
 
     def backbone(self, spec: dict) -> Backbone:
-        label = _label(spec)
+        label = spec_label(spec)
         if label not in self._backbones:
             params = {k: v for k, v in spec.items() if k not in ("name", "label")}
             params.setdefault("device", self.cfg["device"])
@@ -139,7 +135,7 @@ class Runner:
         return self._data_identity
 
     def _backbone_identity(self, bspec: dict) -> tuple[dict, str]:
-        label = _label(bspec)
+        label = spec_label(bspec)
         if label not in self._bb_identity:  # computed once: local weights are digested from their files
             backbone = self.backbone(bspec)
             self._bb_identity[label] = (backbone_identity(backbone), weights_label(backbone.weights_info()))
@@ -156,9 +152,9 @@ class Runner:
             dataset=self.data_identity()[0], subject=subject, backbone=bb_identity,
             task=task_identity(self.task(tspec, overrides)),
             selection=selection_identity(evaluated_on, self.cfg["seed"], validation_fraction),
-            labels={"experiment": experiment, "backbone": _label(bspec), "task": _label(tspec)})
-        key = {"dataset": self.dataset.name, "subject": subject, "backbone": _label(bspec), "weights": weights,
-               "task": _label(tspec), "experiment": experiment, "id": rid, "data_id": data_id}
+            labels={"experiment": experiment, "backbone": spec_label(bspec), "task": spec_label(tspec)})
+        key = {"dataset": self.dataset.name, "subject": subject, "backbone": spec_label(bspec), "weights": weights,
+               "task": spec_label(tspec), "experiment": experiment, "id": rid, "data_id": data_id}
         return key, payload
 
     def key(self, subject: str, bspec: dict, tspec: dict, experiment: str | None = None, **how) -> dict:
@@ -244,7 +240,7 @@ class Runner:
         base = {
             "key": key, "identity": identity, "evaluated_on": evaluated_on,
             "backbone": {**backbone.describe_instance(), "spec": bspec},
-            "task": {"name": tspec["name"], "label": _label(tspec), "params": task.p, "direction": task.direction},
+            "task": {"name": tspec["name"], "label": spec_label(tspec), "params": task.p, "direction": task.direction},
             "dataset": {"name": self.dataset.name, "id": key["data_id"], "variant": variant,
                         "info": self.dataset.info, "subject": subject_name,
                         "n_fit_images": len(fit.stim_ids), "n_scored_images": len(score.stim_ids),

@@ -46,6 +46,7 @@ import json
 import logging
 from pathlib import Path
 
+from brainharness.config import spec_label
 from brainharness.errors import ConfigError, HarnessError
 from brainharness.preflight import check_fraction, check_objective, check_pca, check_space, check_storage, \
     fit_rows, space_values
@@ -64,7 +65,7 @@ def _pick(specs: list[dict], label: str | None, kind: str) -> dict:
     if label is None:
         return specs[0]
     for s in specs:
-        if (s.get("label") or s["name"]) == label:
+        if spec_label(s) == label:
             return s
     raise ConfigError(f"sweep.{kind} {label!r} is not a {kind} label of this config")
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from brainharness.config import spec_label
 from brainharness.errors import ConfigError, DataError
 from brainharness.slurm import ACCOUNTING_LAG_S, ACTIVE, JobTable, check_available, executor, job_states, options, \
     parse_sbatch, submit
@@ -35,17 +36,20 @@ def add_options(parser, what: str) -> None:
     group.add_argument("--wait", action="store_true", help="wait for the jobs and print their outcome")
 
 
+def _dest(flag: str) -> str:  # "--mem-gb" → "mem_gb": the argparse name and the slurm: option
+    return flag.lstrip("-").replace("-", "_")
+
+
 def check_flags(args) -> None:
     """A SLURM option without ``--launcher slurm`` is a usage mistake, not something to ignore."""
     given = [flag for flag in [f for f, _, _ in FLAGS] + ["--sbatch", "--wait"]
-             if getattr(args, flag.lstrip("-").replace("-", "_"), None) not in (None, False)]
+             if getattr(args, _dest(flag), None) not in (None, False)]
     if given and args.launcher != "slurm":
         raise ConfigError(f"{given[0]} is an option of --launcher slurm (add it, or drop {given[0]})")
 
 
 def slurm_options(cfg: dict, args) -> dict:
-    over = {flag.lstrip("-").replace("-", "_"): getattr(args, flag.lstrip("-").replace("-", "_"), None)
-            for flag, _, _ in FLAGS}
+    over = {_dest(flag): getattr(args, _dest(flag), None) for flag, _, _ in FLAGS}
     if getattr(args, "sbatch", None):
         over["sbatch"] = {**(cfg.get("slurm") or {}).get("sbatch", {}), **parse_sbatch(args.sbatch)}
     return options(cfg, over)
@@ -64,7 +68,7 @@ class Unit:
 
     @property
     def labels(self) -> tuple[str, str, str]:
-        return self.subject, self.backbone.get("label") or self.backbone["name"], self.task.get("label") or self.task["name"]
+        return self.subject, spec_label(self.backbone), spec_label(self.task)
 
 
 def unit_states(runner, ask_slurm: bool = True) -> list[Unit]:
@@ -114,7 +118,7 @@ def run_unit_job(cfg: dict, subject: str, backbone: str, task: str) -> dict:
     from brainharness.runner import Runner
 
     def pick(specs, label):
-        return [s for s in specs if (s.get("label") or s["name"]) == label]
+        return [s for s in specs if spec_label(s) == label]
 
     # the unit's own config: the other backbones are not built (their models take seconds each)
     runner = Runner({**cfg, "subjects": [subject], "backbones": pick(cfg["backbones"], backbone),
